@@ -1,0 +1,245 @@
+"""`PruneRegrow`: the per-sub-net prune-and-regrow callback (GraNet backbone, DESIGN.md s. 4).
+
+Passing it to ``model.fit(callbacks=[...])`` attaches it to the `ASTModel`; the mask updates
+then run *inside* the compiled training step (a ``cond`` that is false on most steps), at the
+point DESIGN.md gives them: after the gradients, before masking, gradient correction and the
+optimizer step, using the active sub-net's dense gradient for regrowth. The schedules (which
+step, what sparsity, what regrow ratio) are small Python objects evaluated in the graph, so the
+step never retraces. At each epoch end the callback adds each sub-net's measured sparsity to
+the logs (``sparsity_k``), so it shows in the progress bar and in ``History``.
+
+Update timing: sub-net k's j-th update is scheduled at ``begin_step + k * adjustment_period +
+j * frequency`` and carried out at the first step at or after that where sub-net k is the
+active one (it runs every K-th step), so its own fresh gradient drives regrowth.
+
+Each update of sub-net k:
+  A. gradual pruning: keep the round((1 - s) N) largest-|W| active weights over all prunable
+     kernels (global magnitude, s from the cubic schedule; no-op once s is reached);
+  B. death and regrowth in each layer: drop the fraction r of its active weights with the
+     smallest |W|, regrow as many inactive ones with the largest dense |gradient|. r decays by
+     cosine from 0.5 to 0.005 over the run. A regrown weight keeps its current shared value
+     (it may be in use, and trained, by another sub-net); nothing is zeroed.
+
+Modes: ``nondisjoint`` (default): every sub-net prunes and regrows on its own.
+``subset``: sparser masks are subsets of the next denser one. Sub-net 0 does A and B; sub-net
+k > 0 keeps the round((1 - s_k) N) largest-|W| weights of sub-net k-1's mask (no regrowth of its
+own). After any update, every sparser mask is re-nested in its parent (entries still inside
+stay; lost ones are replaced by the largest-|W| parent entries), so masks nest at all times.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_ast import masks as mask_lib
+from keras_ast import schedules
+
+MODES = ("nondisjoint", "subset")
+
+
+def _as_ratio_schedule(regrow_ratio, total_steps):
+    if isinstance(regrow_ratio, schedules.CosineDecay):
+        return regrow_ratio
+    initial, final = regrow_ratio
+    return schedules.CosineDecay(initial, final, max(int(total_steps), 1))
+
+
+class PruneRegrow(keras.callbacks.Callback):
+    """Gradual pruning plus prune-and-regrow of every sub-net's masks during ``fit``.
+
+    Args:
+      frequency: iterations between two updates of one sub-net (F; paper: 1000 on CIFAR).
+      adjustment_period: iterations between the updates of consecutive sub-nets (paper: 100
+        on CIFAR, 400 on ImageNet). Needs ``(K - 1) * adjustment_period < frequency`` so two
+        sub-nets are never scheduled at the same step.
+      begin_step: iteration of the first update (start of the gradual pruning).
+      end_step: iteration where the gradual pruning reaches the final sparsities; default
+        ``round(0.6875 * total steps)`` (the paper's epoch 110 of 160).
+      initial_sparsity: s_i; > 0 starts every sub-net from a random mask at that sparsity
+        (each layer uniformly), drawn at the first step of training.
+      mode: "nondisjoint" or "subset".
+      regrow_ratio: a `schedules.CosineDecay`, or (initial, final) decayed over the run.
+      total_steps: the run's total number of iterations; default epochs * steps per epoch
+        from ``fit`` (needed when the data set has no known length).
+      seed: seed of the random initial masks.
+      verbose: 1 prints each sub-net's sparsity at the end of every epoch.
+    """
+
+    def __init__(self, frequency=1000, adjustment_period=100, begin_step=0, end_step=None,
+                 initial_sparsity=0.0, mode="nondisjoint", regrow_ratio=(0.5, 0.005),
+                 total_steps=None, seed=0, verbose=0):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown prune-regrow mode {mode!r}; use one of {MODES}")
+        if not (isinstance(frequency, int) and frequency >= 1):
+            raise ValueError(f"frequency must be an integer >= 1, got {frequency!r}")
+        if not 0.0 <= initial_sparsity < 1.0:
+            raise ValueError(f"initial_sparsity must be in [0, 1), got {initial_sparsity!r}")
+        if end_step is not None and not end_step > begin_step >= 0:
+            raise ValueError(
+                f"need 0 <= begin_step < end_step, got begin_step={begin_step}, "
+                f"end_step={end_step}"
+            )
+        self.frequency = frequency
+        self.adjustment_period = adjustment_period
+        self.begin_step = int(begin_step)
+        self.end_step = end_step
+        self.initial_sparsity = float(initial_sparsity)
+        self.mode = mode
+        self.regrow_ratio = regrow_ratio
+        self.total_steps = total_steps
+        self.seed = seed
+        self.verbose = verbose
+        self.schedules = None
+        self.ratio_schedule = None
+
+    # ------------------------------------------------------------------------- configuration
+    def set_model(self, model):
+        from keras_ast.model import ASTModel
+
+        if not isinstance(model, ASTModel):
+            raise TypeError(f"PruneRegrow needs a keras_ast.ASTModel, got {type(model).__name__}")
+        super().set_model(model)
+        model.attach_pruner(self)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.configure(self._planned_steps(params))
+
+    def _planned_steps(self, params):
+        if self.total_steps is not None:
+            return int(self.total_steps)
+        steps, epochs = params.get("steps"), params.get("epochs")
+        if not steps or not epochs:
+            raise ValueError(
+                "PruneRegrow cannot tell how long training is (the data set has no known "
+                "length); pass total_steps=... (and end_step=...)"
+            )
+        return int(steps) * int(epochs)
+
+    def configure(self, total_steps):
+        """Builds and checks the schedules for a run of `total_steps` iterations.
+
+        Raises ValueError (before any training) if a sub-net could not reach its final
+        sparsity within the run, or if the timing would make two sub-nets update together.
+        """
+        model = self.model
+        end_step = self.end_step
+        if end_step is None:
+            end_step = max(self.begin_step + 1, round(0.6875 * total_steps))
+        self.schedules = schedules.staggered_schedules(
+            self.initial_sparsity, model.sparsities, self.begin_step, end_step,
+            self.frequency, self.adjustment_period,
+        )
+        if self.initial_sparsity > model.sparsities[0]:
+            raise ValueError(
+                f"initial_sparsity {self.initial_sparsity} exceeds the densest sub-net's target "
+                f"{model.sparsities[0]}"
+            )
+        self.ratio_schedule = _as_ratio_schedule(self.regrow_ratio, total_steps)
+        K = model.num_subnets
+        for k, schedule in enumerate(self.schedules):
+            # The update is carried out at the first step >= T where sub-net k is active.
+            last = schedule.final_update
+            last += (k - last) % K
+            if last >= total_steps:
+                raise ValueError(
+                    f"sub-net {k} would reach its final sparsity {model.sparsities[k]} only at "
+                    f"step {last}, but training has {total_steps} steps (0..{total_steps - 1}); "
+                    f"lower end_step ({end_step}), frequency ({self.frequency}) or "
+                    f"adjustment_period ({self.adjustment_period}), or train longer"
+                )
+        self.total_steps_planned = total_steps
+
+    def signature(self):
+        """What the compiled step depends on (a new value forces a new trace)."""
+        return (
+            self.mode,
+            tuple(repr(s) for s in self.schedules or ()),
+            repr(self.ratio_schedule),
+        )
+
+    # --------------------------------------------------------------------- keras callbacks
+    def on_train_begin(self, logs=None):
+        if int(self.model.iteration.numpy()) == 0 and self.initial_sparsity > 0.0:
+            self._initial_masks()
+
+    def on_train_end(self, logs=None):
+        self.model.attach_pruner(None)
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {k: self.model.subnet_sparsity(k) for k in range(self.model.num_subnets)}
+        if logs is not None:
+            logs.update({f"sparsity_{k}": v for k, v in values.items()})
+        if self.verbose:
+            text = ", ".join(
+                f"sub-net {k}: {100 * v:.2f}% (target {100 * self.model.sparsities[k]:.1f}%)"
+                for k, v in values.items()
+            )
+            print(f"Epoch {epoch + 1} sparsity: {text}")
+
+    def _initial_masks(self):
+        rng = np.random.default_rng(self.seed)
+        density = 1.0 - self.initial_sparsity
+        K = self.model.num_subnets
+        for layer in self.model.sparse_layers:
+            shape = tuple(layer.shared_kernel.shape)
+            size = int(np.prod(shape))
+            keep = int(round(density * size))
+            rows = []
+            for k in range(K):
+                if k == 0 or self.mode == "nondisjoint":
+                    row = np.zeros(size, dtype="float32")
+                    row[rng.permutation(size)[:keep]] = 1.0
+                rows.append(row.reshape(shape))  # subset mode: one random mask for all
+            layer.masks.assign(np.stack(rows))
+
+    # -------------------------------------------------------------- in-graph mask update
+    def update_masks(self, model, step, subnet, dense_grads):
+        """Called by `ASTModel.train_step`: updates sub-net `subnet`'s masks if due."""
+        K = model.num_subnets
+        due = ops.take(
+            ops.stack([s.is_due(step, window=K) for s in self.schedules]), subnet
+        )
+
+        def update():
+            self._update(model, step, subnet, dense_grads)
+            return ops.convert_to_tensor(1, "int32")
+
+        def skip():
+            return ops.convert_to_tensor(0, "int32")
+
+        return ops.cond(due, update, skip)
+
+    def _update(self, model, step, subnet, dense_grads):
+        K = model.num_subnets
+        layers = model.sparse_layers
+        weights = [ops.convert_to_tensor(layer.shared_kernel) for layer in layers]
+        grads = [ops.cast(g, w.dtype) for g, w in zip(dense_grads, weights)]
+        rows = [[ops.cast(layer.masks[j], w.dtype) for j in range(K)]
+                for layer, w in zip(layers, weights)]
+        sparsity = ops.take(ops.stack([s.sparsity(step) for s in self.schedules]), subnet)
+        density = 1.0 - sparsity
+        ratio = self.ratio_schedule(step)
+        current = [ops.take(layer.masks, subnet, axis=0) for layer in layers]
+        pruned = mask_lib.global_magnitude_prune(weights, current, density)
+        new = [mask_lib.death_regrow(w, m, g, ratio) for w, m, g in zip(weights, pruned, grads)]
+        if self.mode == "subset" and K > 1:
+            parent = [ops.take(layer.masks, ops.maximum(subnet - 1, 0), axis=0)
+                      for layer in layers]
+            within = mask_lib.global_magnitude_prune(weights, parent, density)
+            new = [ops.where(subnet > 0, b, a) for a, b in zip(new, within)]
+        for i in range(len(layers)):
+            for j in range(K):
+                rows[i][j] = ops.where(subnet == j, new[i], rows[i][j])
+        if self.mode == "subset":
+            for j in range(1, K):
+                nested = mask_lib.nest_within(
+                    weights, [r[j] for r in rows], [r[j - 1] for r in rows]
+                )
+                for i in range(len(layers)):
+                    rows[i][j] = ops.where(subnet < j, nested[i], rows[i][j])
+        for layer, layer_rows in zip(layers, rows):
+            layer.masks.assign(ops.cast(ops.stack(layer_rows), layer.masks.dtype))

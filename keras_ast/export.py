@@ -1,0 +1,69 @@
+"""Export one sub-net as a plain Keras model or a TensorFlow SavedModel.
+
+The exported model has only stock Keras layers: every sparse layer becomes its plain Keras
+class with kernel ``W * m_k`` (so its kernels hold real zeros), every switchable BatchNorm
+becomes a plain BatchNormalization with copy k. It needs keras_ast neither to load nor to run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import keras
+import numpy as np
+
+from keras_ast import layers as ast_layers
+
+_PLAIN = {sparse: plain for plain, sparse in ast_layers.SPARSE_EQUIVALENT.items()}
+_PLAIN[ast_layers.SwitchableBatchNormalization] = keras.layers.BatchNormalization
+
+
+def subnet_model(model, subnet: int) -> keras.Model:
+    """A plain functional Keras model equal to sub-net `subnet` of `model` (an ASTModel)."""
+    model._check_subnet(subnet)
+
+    def clone(layer):
+        config = layer.get_config()
+        plain = _PLAIN.get(type(layer))
+        if plain is None:
+            return layer.__class__.from_config(config)
+        config.pop("num_subnets")
+        return plain.from_config(config)
+
+    network = keras.models.clone_model(model.network, clone_function=clone)
+    for layer in network.layers:
+        if not layer.weights:
+            continue
+        source = model.network.get_layer(layer.name)
+        if isinstance(source, ast_layers.MaskedKernelMixin):
+            values = [np.asarray(source.shared_kernel) * np.asarray(source.masks[subnet])]
+            if source.use_bias:
+                values.append(np.asarray(source.bias))
+        elif isinstance(source, ast_layers.SwitchableBatchNormalization):
+            values = [np.asarray(v)[subnet] for v in source.weights]
+        else:
+            values = source.get_weights()
+        layer.set_weights(values)
+    return keras.Model(network.input, network.output, name=f"{model.network.name}_subnet{subnet}")
+
+
+def export_subnets(model, directory: str, subnets=None) -> list[str]:
+    """Writes one SavedModel per sub-net to ``directory/subnet_<k>/`` and returns the paths.
+
+    Each SavedModel has a ``serve`` endpoint (``tf.saved_model.load(p).serve(x)``); its
+    kernels are ``W * m_k``, so they are as sparse as the sub-net. A directory is first written
+    under a temporary name and renamed, so a crash never leaves a half-written export.
+    """
+    subnets = range(model.num_subnets) if subnets is None else subnets
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for k in subnets:
+        path = os.path.join(directory, f"subnet_{k}")
+        tmp = path + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subnet_model(model, k).export(tmp, verbose=False)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,307 @@
+"""Sparse wrapper layers: K masks per prunable kernel, and a switchable BatchNormalization.
+
+The layers are subclasses of Keras' own Conv2D, Dense and DepthwiseConv2D (tfmot-style
+wrappers on Keras 3: tfmot's own wrappers need tf_keras). Each holds its masks as one
+non-trainable variable of shape ``[K, *kernel_shape]``. Which mask is used is read from a
+shared :class:`SubnetIndex` (an integer variable owned by the `ASTModel`), inside the compiled
+step, so switching sub-nets never retraces.
+
+The forward pass uses ``kernel + stop_gradient(kernel * m - kernel)``: its value is exactly
+``kernel * m`` (for m in {0, 1} the sum is exact in floating point), but the gradient with
+respect to ``kernel`` is the *dense* gradient dL/d(kernel * m), evaluated for every entry. The
+training step multiplies it by ``m`` for the optimizer and uses the dense version for regrowth,
+so regrowth costs nothing extra. The shared kernel itself is never zeroed.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+class SubnetIndex:
+    """The index of the active sub-net, shared by every sparse layer of one model.
+
+    A plain Python holder (not a Keras layer, so it is not tracked twice) around an int32
+    variable owned by the model. A layer that has no `SubnetIndex` attached uses sub-net 0.
+    """
+
+    def __init__(self, variable, num_subnets: int):
+        self.variable = variable
+        self.num_subnets = int(num_subnets)
+
+    def read(self):
+        return self.variable
+
+
+def _check_num_subnets(num_subnets) -> int:
+    if not isinstance(num_subnets, int) or isinstance(num_subnets, bool) or num_subnets < 1:
+        raise ValueError(f"num_subnets must be an integer >= 1, got {num_subnets!r}")
+    return num_subnets
+
+
+class SubnetLayerMixin:
+    """Shared plumbing: the number of sub-nets and the active-index lookup."""
+
+    def _init_subnets(self, num_subnets):
+        self.num_subnets = _check_num_subnets(num_subnets)
+        self._subnet_index = None
+
+    def attach_subnet_index(self, subnet_index: SubnetIndex | None):
+        """Makes this layer read its active sub-net from `subnet_index`."""
+        if subnet_index is not None and subnet_index.num_subnets != self.num_subnets:
+            raise ValueError(
+                f"Layer {self.name!r} has {self.num_subnets} sub-nets, but the index "
+                f"attached to it selects among {subnet_index.num_subnets}."
+            )
+        # Stored through object.__setattr__ so neither Keras nor tf.Module track the
+        # model-owned variable a second time.
+        object.__setattr__(self, "_subnet_index", subnet_index)
+
+    def active_subnet(self):
+        if self._subnet_index is None:
+            return 0
+        return self._subnet_index.read()
+
+    def _subnet_config(self, config):
+        config["num_subnets"] = self.num_subnets
+        return config
+
+
+class MaskedKernelMixin(SubnetLayerMixin):
+    """K binary masks over one kernel; the kernel seen by ``call`` is ``kernel * mask[k]``."""
+
+    # Name of the attribute holding the kernel variable in the Keras base class.
+    _kernel_attr = "_kernel"
+
+    def _build_masks(self):
+        kernel = self.shared_kernel
+        self.masks = self.add_weight(
+            name="masks",
+            shape=(self.num_subnets,) + tuple(kernel.shape),
+            initializer="ones",
+            trainable=False,
+            dtype=kernel.dtype,
+            aggregation="only_first_replica",
+        )
+
+    @property
+    def shared_kernel(self):
+        """The shared, never-masked kernel variable (trained by every sub-net)."""
+        return getattr(self, self._kernel_attr)
+
+    def mask_for(self, subnet):
+        """The [*kernel_shape] mask of `subnet` (an int or a scalar tensor)."""
+        return ops.take(self.masks, subnet, axis=0)
+
+    def masked_kernel(self, kernel):
+        mask = ops.cast(self.mask_for(self.active_subnet()), kernel.dtype)
+        # Value kernel * mask, gradient dense (see the module docstring).
+        return kernel + ops.stop_gradient(kernel * mask - kernel)
+
+    def _own_variables(self):
+        variables = [self.shared_kernel]
+        if self.use_bias:
+            variables.append(self.bias)
+        variables.append(self.masks)
+        return variables
+
+    # Keras' Conv/Dense save the *property* `kernel` (here the masked one) and load only
+    # kernel and bias; save the shared kernel, the bias and the masks instead.
+    def save_own_variables(self, store):
+        if not self.built:
+            return
+        for i, variable in enumerate(self._own_variables()):
+            store[str(i)] = variable
+
+    def load_own_variables(self, store):
+        if not self.built:
+            return
+        variables = self._own_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Layer {self.name!r} expects {len(variables)} saved variables "
+                f"(kernel, bias, masks), found {len(store.keys())}."
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[str(i)])
+
+
+@keras.saving.register_keras_serializable(package="keras_ast")
+class SparseConv2D(MaskedKernelMixin, keras.layers.Conv2D):
+    """`keras.layers.Conv2D` with K sub-net masks over its kernel."""
+
+    def __init__(self, *args, num_subnets=1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_subnets(num_subnets)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_masks()
+
+    @property
+    def kernel(self):
+        return self.masked_kernel(self._kernel)
+
+    def get_config(self):
+        return self._subnet_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="keras_ast")
+class SparseDense(MaskedKernelMixin, keras.layers.Dense):
+    """`keras.layers.Dense` with K sub-net masks over its kernel."""
+
+    def __init__(self, *args, num_subnets=1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_subnets(num_subnets)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_masks()
+
+    @property
+    def kernel(self):
+        return self.masked_kernel(self._kernel)
+
+    def get_config(self):
+        return self._subnet_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="keras_ast")
+class SparseDepthwiseConv2D(MaskedKernelMixin, keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` with K sub-net masks over its depthwise kernel."""
+
+    _kernel_attr = "_shared_depthwise_kernel"
+
+    def __init__(self, *args, num_subnets=1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_subnets(num_subnets)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_masks()
+
+    # DepthwiseConv2D keeps its kernel in the plain attribute `kernel`; redirect the
+    # assignment in its `build` to another name so `kernel` can be the masked view.
+    @property
+    def kernel(self):
+        return self.masked_kernel(self._shared_depthwise_kernel)
+
+    @kernel.setter
+    def kernel(self, variable):
+        self._shared_depthwise_kernel = variable
+
+    def get_config(self):
+        return self._subnet_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="keras_ast")
+class SwitchableBatchNormalization(SubnetLayerMixin, keras.layers.BatchNormalization):
+    """BatchNormalization with K private copies of gamma, beta and the moving statistics.
+
+    Variables have shape [K, channels]; sub-net k reads and updates row k only. The
+    configuration (axis, momentum, epsilon, center, scale, synchronized) is Keras' own.
+    """
+
+    def __init__(self, *args, num_subnets=1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_subnets(num_subnets)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        axis = self.axis if self.axis >= 0 else len(shape) + self.axis
+        self.axis = axis
+        channels = shape[axis]
+        if channels is None:
+            raise ValueError(f"{self.name}: the channel axis {axis} of {shape} must be known.")
+        param_shape = (self.num_subnets, channels)
+        self.input_spec = keras.layers.InputSpec(ndim=len(shape), axes={axis: channels})
+        self.gamma = (
+            self.add_weight(
+                shape=param_shape,
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+            )
+            if self.scale
+            else None
+        )
+        self.beta = (
+            self.add_weight(
+                shape=param_shape,
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+            )
+            if self.center
+            else None
+        )
+        self.moving_mean = self.add_weight(
+            shape=param_shape,
+            name="moving_mean",
+            initializer=self.moving_mean_initializer,
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.moving_variance = self.add_weight(
+            shape=param_shape,
+            name="moving_variance",
+            initializer=self.moving_variance_initializer,
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self._reduction_axes = [i for i in range(len(shape)) if i != axis]
+        self.built = True
+
+    def _row(self, variable, subnet, dtype):
+        return None if variable is None else ops.cast(ops.take(variable, subnet, axis=0), dtype)
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None:
+            raise ValueError(f"{self.name}: masked inputs are not supported.")
+        k = self.active_subnet()
+        compute_dtype = inputs.dtype
+        if compute_dtype in ("float16", "bfloat16"):
+            inputs = ops.cast(inputs, "float32")
+
+        if training and self.trainable:
+            mean, variance = ops.moments(
+                inputs, axes=self._reduction_axes, synchronized=self.synchronized
+            )
+            one_hot = ops.expand_dims(ops.one_hot(k, self.num_subnets, dtype="float32"), -1)
+            m = self.momentum
+            # Row k <- m * row k + (1 - m) * batch statistic; other rows unchanged.
+            self.moving_mean.assign(
+                self.moving_mean + one_hot * (1.0 - m) * (mean[None] - self.moving_mean)
+            )
+            self.moving_variance.assign(
+                self.moving_variance
+                + one_hot * (1.0 - m) * (variance[None] - self.moving_variance)
+            )
+        else:
+            mean = self._row(self.moving_mean, k, inputs.dtype)
+            variance = self._row(self.moving_variance, k, inputs.dtype)
+        outputs = ops.batch_normalization(
+            inputs,
+            mean=mean,
+            variance=variance,
+            axis=self.axis,
+            offset=self._row(self.beta, k, inputs.dtype),
+            scale=self._row(self.gamma, k, inputs.dtype),
+            epsilon=self.epsilon,
+        )
+        return ops.cast(outputs, compute_dtype)
+
+    def get_config(self):
+        return self._subnet_config(super().get_config())
+
+
+SPARSE_LAYERS = (SparseConv2D, SparseDense, SparseDepthwiseConv2D)
+# Plain Keras class -> sparse subclass, used by `sparsify` and (reversed) by export.
+SPARSE_EQUIVALENT = {
+    keras.layers.Conv2D: SparseConv2D,
+    keras.layers.Dense: SparseDense,
+    keras.layers.DepthwiseConv2D: SparseDepthwiseConv2D,
+}

@@ -1,0 +1,316 @@
+"""`ASTModel`: K sparse sub-nets of one network, trained alternately with gradient correction.
+
+One training step (DESIGN.md section 2), all inside the compiled function:
+
+1. k = iteration mod K selects the sub-net (an int variable read by every sparse layer, so
+   switching never retraces; works with ``jit_compile`` True or False).
+2. Forward with W * m_k and BN copy k; loss; gradients (dense for the prunable kernels).
+3. If a `PruneRegrow` callback is attached and sub-net k's mask update is due: prune and
+   regrow m_k using the dense gradients.
+4. Prunable-kernel gradients are multiplied by m_k (the new mask).
+5. Gradient correction against the previous sub-net's gradient (`correction.project`).
+6. ``optimizer.apply``; BN copies of other sub-nets are left alone with `keras_ast.SGD`.
+
+Entries of the shared kernel outside m_k get no gradient from sub-net k; the shared momentum
+and (coupled) weight decay still act on them, since they belong to the shared weights, not to
+one sub-net (with momentum 0 and no weight decay, a step of sub-net k leaves them unchanged).
+The shared kernel is never zeroed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_ast import correction
+from keras_ast import layers as ast_layers
+from keras_ast import sparsify as sparsify_lib
+from keras_ast.optimizers import SGD
+
+
+def check_sparsities(sparsities) -> tuple[float, ...]:
+    """Validates target sparsities: a non-empty, strictly increasing list in [0, 1)."""
+    try:
+        values = tuple(float(s) for s in sparsities)
+    except TypeError as error:
+        raise ValueError(f"sparsities must be a list of numbers, got {sparsities!r}") from error
+    if not values:
+        raise ValueError("sparsities must name at least one sub-net (K >= 1), got none")
+    for s in values:
+        if not 0.0 <= s < 1.0:
+            raise ValueError(f"every sparsity must be in [0, 1), got {s!r} in {list(values)}")
+    for a, b in zip(values, values[1:]):
+        if not a < b:
+            raise ValueError(
+                f"sparsities must be strictly increasing (densest sub-net first), got "
+                f"{list(values)}"
+            )
+    return values
+
+
+@keras.saving.register_keras_serializable(package="keras_ast")
+class ASTModel(keras.Model):
+    """K sparse sub-nets sharing one set of weights, trained by alternating steps.
+
+    Build it with :meth:`from_model` from an ordinary Keras model, compile it as usual and
+    train with ``fit(..., callbacks=[keras_ast.PruneRegrow(...)])``.
+
+    Args:
+      network: a model made by `keras_ast.sparsify` with ``K = len(sparsities)`` sub-nets.
+      sparsities: target sparsity of each sub-net over the prunable kernels, strictly
+        increasing (sub-net 0 is the densest), each in [0, 1).
+      gc: gradient correction scope: "layerwise" (default), "global" or "off".
+      gc_reference: "corrected" (default: h is the gradient actually applied at the previous
+        step) or "raw" (h is the previous gradient before its own correction).
+    """
+
+    def __init__(self, network, sparsities, gc="layerwise", gc_reference="corrected", **kwargs):
+        super().__init__(**kwargs)
+        self.sparsities = check_sparsities(sparsities)
+        correction.check_mode(gc, gc_reference)
+        self.num_subnets = len(self.sparsities)
+        self.gc = gc
+        self.gc_reference = gc_reference
+        self.network = network
+        subnet_layers = [
+            layer for layer in network._flatten_layers(include_self=False)
+            if isinstance(layer, ast_layers.SubnetLayerMixin)
+        ]
+        self.sparse_layers = [
+            layer for layer in subnet_layers if isinstance(layer, ast_layers.MaskedKernelMixin)
+        ]
+        if not self.sparse_layers:
+            raise ValueError(
+                f"network {network.name!r} has no prunable layer; build it with "
+                "keras_ast.sparsify (or ASTModel.from_model)"
+            )
+        for layer in subnet_layers:
+            if layer.num_subnets != self.num_subnets:
+                raise ValueError(
+                    f"layer {layer.name!r} has {layer.num_subnets} sub-nets but "
+                    f"{self.num_subnets} sparsities were given"
+                )
+        self.iteration = self.add_weight(
+            name="iteration", shape=(), dtype="int64", initializer="zeros", trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.active_subnet = self.add_weight(
+            name="active_subnet", shape=(), dtype="int32", initializer="zeros", trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.eval_subnet = self.add_weight(
+            name="eval_subnet", shape=(), dtype="int32", initializer="zeros", trainable=False,
+            aggregation="only_first_replica",
+        )
+        index = ast_layers.SubnetIndex(self.active_subnet, self.num_subnets)
+        for layer in subnet_layers:
+            layer.attach_subnet_index(index)
+        self.gc_refs = []
+        if self.uses_gc:
+            self.gc_refs = [
+                self.add_weight(
+                    name=f"gc_ref_{i}", shape=layer.shared_kernel.shape, initializer="zeros",
+                    trainable=False, aggregation="only_first_replica",
+                )
+                for i, layer in enumerate(self.sparse_layers)
+            ]
+        self.gc_conflict_tracker = keras.metrics.Mean(name="gc_conflict")
+        self.gc_cosine_tracker = keras.metrics.Mean(name="gc_cosine")
+        self._pruner = None
+        self._traced_pruner = None
+        self.built = True
+
+    @classmethod
+    def from_model(cls, model, sparsities, prunable=None, dense_layers=(), switchable_bn=None,
+                   gc="layerwise", gc_reference="corrected", **kwargs):
+        """Makes an ASTModel from an ordinary functional or Sequential Keras model.
+
+        See `keras_ast.sparsify` for `prunable`, `dense_layers` and `switchable_bn`; the other
+        arguments are the constructor's. `model` itself is not modified.
+        """
+        sparsities = check_sparsities(sparsities)
+        correction.check_mode(gc, gc_reference)
+        network = sparsify_lib.sparsify(
+            model, len(sparsities), prunable=prunable, dense_layers=dense_layers,
+            switchable_bn=switchable_bn,
+        )
+        return cls(network, sparsities, gc=gc, gc_reference=gc_reference, **kwargs)
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def uses_gc(self):
+        return self.gc != "off" and self.num_subnets > 1
+
+    @property
+    def per_subnet_variables(self):
+        """Trainable variables with one row per sub-net (the private BN copies)."""
+        return [
+            v for layer in self.network._flatten_layers(include_self=False)
+            if isinstance(layer, ast_layers.SwitchableBatchNormalization)
+            for v in layer.trainable_variables
+        ]
+
+    def call(self, inputs, training=None):
+        return self.network(inputs, training=training)
+
+    # ------------------------------------------------------------------------- sub-net choice
+    def _check_subnet(self, subnet):
+        if not isinstance(subnet, int) or not 0 <= subnet < self.num_subnets:
+            raise ValueError(
+                f"subnet must be an integer in [0, {self.num_subnets}), got {subnet!r}"
+            )
+        return subnet
+
+    def set_subnet(self, subnet):
+        """Selects the sub-net used by ``evaluate``, ``predict`` and direct calls."""
+        self._check_subnet(subnet)
+        self.eval_subnet.assign(subnet)
+        self.active_subnet.assign(subnet)
+
+    def masks(self, subnet):
+        """{layer name: numpy 0/1 mask} of `subnet`."""
+        self._check_subnet(subnet)
+        return {layer.name: ops.convert_to_numpy(layer.masks[subnet]) for layer in
+                self.sparse_layers}
+
+    def layer_sparsities(self, subnet):
+        """{layer name: fraction of zeros in `subnet`'s mask}."""
+        return {name: 1.0 - float(m.mean()) for name, m in self.masks(subnet).items()}
+
+    def subnet_sparsity(self, subnet):
+        """Sparsity of `subnet` over all prunable kernels together (the reported figure)."""
+        masks = self.masks(subnet).values()
+        total = sum(m.size for m in masks)
+        return 1.0 - sum(float(m.sum()) for m in masks) / total
+
+    def overall_sparsity(self, subnet):
+        """Sparsity of `subnet` over all its trainable weights (stem, biases and its own BN copy
+        count as dense)."""
+        zeros = sum(m.size - float(m.sum()) for m in self.masks(subnet).values())
+        per_subnet = {id(v) for v in self.per_subnet_variables}
+        total = sum(
+            math.prod(v.shape) // (self.num_subnets if id(v) in per_subnet else 1)
+            for v in self.network.trainable_variables
+        )
+        return zeros / total
+
+    # ---------------------------------------------------------------------------- training
+    def attach_pruner(self, pruner):
+        """Used by `PruneRegrow.set_model`: the next compiled train step includes its update."""
+        self._pruner = pruner
+
+    def make_train_function(self, force=False):
+        signature = None if self._pruner is None else self._pruner.signature()
+        if signature != self._traced_pruner:
+            force = True
+            self._traced_pruner = signature
+        # Create the optimizer slots now, so the first compiled step does not trace twice.
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        return super().make_train_function(force=force)
+
+    def _loss(self, x, y, sample_weight, training):
+        y_pred = self(x, training=training)
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                 training=training)
+        batch = ops.shape(tf.nest.flatten(x)[0])[0]
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
+        return y_pred, loss
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        step = ops.convert_to_tensor(self.iteration)
+        subnet = ops.cast(step % self.num_subnets, "int32")
+        self.active_subnet.assign(subnet)
+        with tf.GradientTape() as tape:
+            y_pred, loss = self._loss(x, y, sample_weight, training=True)
+            loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        grads = tape.gradient(loss, variables)
+        grads = self._sparse_gradients(step, subnet, variables, grads)
+        if isinstance(self.optimizer, SGD):
+            with self.optimizer.updating_rows(self.per_subnet_variables, subnet,
+                                              self.num_subnets):
+                self.optimizer.apply(grads, variables)
+        else:
+            self.optimizer.apply(grads, variables)
+        self.iteration.assign_add(1)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _sparse_gradients(self, step, subnet, variables, grads):
+        """Mask update (if due), masking and gradient correction of the prunable kernels."""
+        position = {id(v): i for i, v in enumerate(variables)}
+        kernel_ids = [position[id(layer.shared_kernel)] for layer in self.sparse_layers]
+        dense = [grads[i] for i in kernel_ids]
+        if self._pruner is not None:
+            self._pruner.update_masks(self, step, subnet, dense)
+        masks = [ops.cast(layer.mask_for(subnet), g.dtype)
+                 for layer, g in zip(self.sparse_layers, dense)]
+        masked = [g * m for g, m in zip(dense, masks)]
+        if self.uses_gc:
+            refs = [ops.cast(h, g.dtype) * m for h, g, m in zip(self.gc_refs, masked, masks)]
+            enabled = subnet > 0
+            corrected, stats = correction.project(masked, refs, self.gc, enabled=enabled)
+            weight = ops.cast(enabled, "float32")
+            self.gc_conflict_tracker.update_state(stats.conflict, sample_weight=weight)
+            self.gc_cosine_tracker.update_state(stats.cosine, sample_weight=weight)
+            stored = corrected if self.gc_reference == "corrected" else masked
+            for ref, value in zip(self.gc_refs, stored):
+                ref.assign(ops.cast(value, ref.dtype))
+            masked = corrected
+        grads = list(grads)
+        for i, g in zip(kernel_ids, masked):
+            grads[i] = g
+        return grads
+
+    # -------------------------------------------------------------------------- evaluation
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self.active_subnet.assign(self.eval_subnet)
+        y_pred, _ = self._loss(x, y, sample_weight, training=False)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        # Gradient-correction statistics are training-only.
+        return {name: value for name, value in logs.items() if not name.startswith("gc_")}
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        self.active_subnet.assign(self.eval_subnet)
+        return self(x, training=False)
+
+    def evaluate_subnets(self, x=None, y=None, subnets=None, **kwargs):
+        """Evaluates each sub-net (all by default) and returns ``{k: {metric: value}}``.
+
+        Extra keyword arguments go to ``evaluate``. The selected sub-net is restored after.
+        """
+        subnets = range(self.num_subnets) if subnets is None else subnets
+        previous = int(self.eval_subnet.numpy())
+        kwargs.setdefault("verbose", 0)
+        results = {}
+        try:
+            for k in subnets:
+                self.set_subnet(self._check_subnet(k))
+                results[k] = self.evaluate(x, y, return_dict=True, **kwargs)
+        finally:
+            self.set_subnet(previous)
+        return results
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "network": keras.saving.serialize_keras_object(self.network),
+            "sparsities": list(self.sparsities),
+            "gc": self.gc,
+            "gc_reference": self.gc_reference,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        network = keras.saving.deserialize_keras_object(
+            config.pop("network"), custom_objects=custom_objects
+        )
+        return cls(network, **config)

@@ -1,0 +1,77 @@
+"""Mask math against hand-computed selections."""
+
+import numpy as np
+from keras import ops
+
+from keras_ast import masks
+
+
+def np_(x):
+    return ops.convert_to_numpy(x)
+
+
+def test_top_count_is_exact_with_ties():
+    scores = np.array([[3.0, 1.0, 3.0], [3.0, 0.0, 2.0]], dtype="float32")
+    for count in range(7):
+        kept = np_(masks.top_count(scores, count))
+        assert kept.sum() == count
+    kept = np_(masks.top_count(scores, 2))
+    assert set(scores[kept > 0]) == {3.0}  # two of the three tied 3s, nothing else
+
+
+def test_global_magnitude_prune_keeps_largest_active_over_all_kernels():
+    w1 = np.array([0.1, -0.9, 0.5, 0.05], dtype="float32")
+    w2 = np.array([[0.7, -0.2], [0.3, 0.8]], dtype="float32")
+    m1 = np.array([1, 1, 1, 0], dtype="float32")  # 0.05 is inactive: may never come back
+    m2 = np.ones((2, 2), dtype="float32")
+    # density 0.5 of 8 weights -> keep 4: |w| 0.9, 0.8, 0.7, 0.5
+    new1, new2 = masks.global_magnitude_prune([w1, w2], [m1, m2], 0.5)
+    np.testing.assert_array_equal(np_(new1), [0, 1, 1, 0])
+    np.testing.assert_array_equal(np_(new2), [[1, 0], [0, 1]])
+
+
+def test_global_magnitude_prune_never_regrows():
+    w = np.array([5.0, 4.0, 3.0, 2.0], dtype="float32")
+    m = np.array([0, 0, 1, 1], dtype="float32")
+    (new,) = masks.global_magnitude_prune([w], [m], 0.75)  # asks for 3, only 2 active
+    np.testing.assert_array_equal(np_(new), m)
+
+
+def test_death_regrow_hand_example():
+    w = np.array([0.9, 0.1, 0.5, 0.2, 0.0, 0.0], dtype="float32")
+    m = np.array([1, 1, 1, 1, 0, 0], dtype="float32")
+    g = np.array([0.0, 0.0, 0.0, 0.0, 0.3, 0.7], dtype="float32")
+    # ratio 0.5 of 4 active -> drop 2 smallest |w| (0.1, 0.2), grow 2 largest |g| among the rest
+    new = np_(masks.death_regrow(w, m, g, 0.5))
+    np.testing.assert_array_equal(new, [1, 0, 1, 0, 1, 1])
+    # a dropped weight with a large dense gradient can come straight back
+    g2 = np.array([0.0, 0.9, 0.0, 0.0, 0.3, 0.1], dtype="float32")
+    new2 = np_(masks.death_regrow(w, m, g2, 0.5))
+    np.testing.assert_array_equal(new2, [1, 1, 1, 0, 1, 0])
+    assert new.sum() == m.sum() == new2.sum()
+
+
+def test_death_regrow_ratio_zero_is_identity():
+    rng = np.random.default_rng(0)
+    w, g = rng.normal(size=(3, 3, 4, 5)).astype("float32"), rng.normal(size=(3, 3, 4, 5))
+    m = (rng.random((3, 3, 4, 5)) < 0.3).astype("float32")
+    np.testing.assert_array_equal(np_(masks.death_regrow(w, m, g.astype("float32"), 0.0)), m)
+
+
+def test_nest_within_keeps_count_and_inside_entries():
+    w = np.array([0.1, 0.9, 0.8, 0.3, 0.5, 0.2], dtype="float32")
+    parent = np.array([1, 1, 0, 1, 1, 0], dtype="float32")
+    child = np.array([1, 0, 1, 0, 0, 0], dtype="float32")  # entry 2 is outside the parent
+    (new,) = masks.nest_within([w], [child], [parent])
+    new = np_(new)
+    assert new.sum() == 2
+    assert new[0] == 1  # inside entries stay
+    np.testing.assert_array_equal(new, [1, 1, 0, 0, 0, 0])  # replaced by the largest parent |w|
+    assert np.all(new <= parent)
+    (same,) = masks.nest_within([w], [np.array([0, 1, 0, 1, 0, 0], "float32")], [parent])
+    np.testing.assert_array_equal(np_(same), [0, 1, 0, 1, 0, 0])
+
+
+def test_random_mask_exact_density():
+    m = np_(masks.random_mask((10, 10), 0.37, seed=3))
+    assert m.sum() == 37
