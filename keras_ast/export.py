@@ -48,22 +48,41 @@ def subnet_model(model, subnet: int) -> keras.Model:
     return keras.Model(network.input, network.output, name=f"{model.network.name}_subnet{subnet}")
 
 
-def export_subnets(model, directory: str, subnets=None) -> list[str]:
-    """Writes one SavedModel per sub-net to ``directory/subnet_<k>/`` and returns the paths.
+def export_subnet(model, subnet: int, path: str) -> str:
+    """Writes sub-net `subnet` as a SavedModel at `path` and returns the path.
 
-    Each SavedModel has a ``serve`` endpoint (``tf.saved_model.load(p).serve(x)``); its
-    kernels are ``W * m_k``, so they are as sparse as the sub-net. A directory is first written
-    under a temporary name and renamed, so a crash never leaves a half-written export.
+    The SavedModel has a ``serve`` endpoint (keep the loaded object alive:
+    ``loaded = tf.saved_model.load(path); loaded.serve(x)``). Its kernels are ``W * m_k``, as
+    sparse as the sub-net. It is written under a temporary name and renamed, so a crash never
+    leaves a half-written export at `path`.
     """
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    subnet_model(model, subnet).export(tmp, verbose=False)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def export_subnets(model, directory: str, subnets=None) -> list[str]:
+    """Writes one SavedModel per sub-net to ``directory/subnet_<k>/``; returns the paths."""
     subnets = range(model.num_subnets) if subnets is None else subnets
     os.makedirs(directory, exist_ok=True)
-    paths = []
-    for k in subnets:
-        path = os.path.join(directory, f"subnet_{k}")
-        tmp = path + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        subnet_model(model, k).export(tmp, verbose=False)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
+    return [export_subnet(model, k, os.path.join(directory, f"subnet_{k}")) for k in subnets]
+
+
+def saved_model_sparsity(path: str, layer_names) -> float:
+    """Fraction of exact zeros over the kernels of `layer_names` in the SavedModel at `path`.
+
+    Reads the stored variables (``<layer>/kernel``), not the in-memory model.
+    """
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    wanted = {f"{name}/kernel:0" for name in layer_names}
+    kernels = [np.asarray(v) for v in loaded.variables if v.name in wanted]
+    if len(kernels) != len(wanted):
+        found = sorted(v.name for v in loaded.variables)
+        raise ValueError(f"{path} lacks some kernels of {sorted(wanted)}; it has {found}")
+    zeros = sum(int((k == 0).sum()) for k in kernels)
+    return zeros / sum(k.size for k in kernels)
