@@ -41,9 +41,11 @@ def _check_num_subnets(num_subnets) -> int:
 
 
 class SubnetLayerMixin:
-    """Shared plumbing: the number of sub-nets and the active-index lookup."""
+    """Shared plumbing: the number of sub-nets (a constructor argument and part of the
+    config) and the active-index lookup. Mixed in before the Keras layer class."""
 
-    def _init_subnets(self, num_subnets):
+    def __init__(self, *args, num_subnets=1, **kwargs):
+        super().__init__(*args, **kwargs)
         self.num_subnets = _check_num_subnets(num_subnets)
         self._subnet_index = None
 
@@ -63,9 +65,8 @@ class SubnetLayerMixin:
             return 0
         return self._subnet_index.read()
 
-    def _subnet_config(self, config):
-        config["num_subnets"] = self.num_subnets
-        return config
+    def get_config(self):
+        return {**super().get_config(), "num_subnets": self.num_subnets}
 
 
 class MaskedKernelMixin(SubnetLayerMixin):
@@ -74,7 +75,8 @@ class MaskedKernelMixin(SubnetLayerMixin):
     # Name of the attribute holding the kernel variable in the Keras base class.
     _kernel_attr = "_kernel"
 
-    def _build_masks(self):
+    def build(self, input_shape):
+        super().build(input_shape)
         kernel = self.shared_kernel
         self.masks = self.add_weight(
             name="masks",
@@ -89,6 +91,16 @@ class MaskedKernelMixin(SubnetLayerMixin):
     def shared_kernel(self):
         """The shared, never-masked kernel variable (trained by every sub-net)."""
         return getattr(self, self._kernel_attr)
+
+    # What the Keras base class's `call` reads: the masked view. (DepthwiseConv2D assigns its
+    # kernel to `self.kernel` in `build`; the setter stores it under `_kernel_attr`.)
+    @property
+    def kernel(self):
+        return self.masked_kernel(self.shared_kernel)
+
+    @kernel.setter
+    def kernel(self, variable):
+        setattr(self, self._kernel_attr, variable)
 
     def mask_for(self, subnet):
         """The [*kernel_shape] mask of `subnet` (an int or a scalar tensor)."""
@@ -129,42 +141,12 @@ class MaskedKernelMixin(SubnetLayerMixin):
 
 @keras.saving.register_keras_serializable(package="keras_ast")
 class SparseConv2D(MaskedKernelMixin, keras.layers.Conv2D):
-    """`keras.layers.Conv2D` with K sub-net masks over its kernel."""
-
-    def __init__(self, *args, num_subnets=1, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_subnets(num_subnets)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_masks()
-
-    @property
-    def kernel(self):
-        return self.masked_kernel(self._kernel)
-
-    def get_config(self):
-        return self._subnet_config(super().get_config())
+    """`keras.layers.Conv2D` with K sub-net masks over its kernel (``num_subnets=K``)."""
 
 
 @keras.saving.register_keras_serializable(package="keras_ast")
 class SparseDense(MaskedKernelMixin, keras.layers.Dense):
-    """`keras.layers.Dense` with K sub-net masks over its kernel."""
-
-    def __init__(self, *args, num_subnets=1, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_subnets(num_subnets)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_masks()
-
-    @property
-    def kernel(self):
-        return self.masked_kernel(self._kernel)
-
-    def get_config(self):
-        return self._subnet_config(super().get_config())
+    """`keras.layers.Dense` with K sub-net masks over its kernel (``num_subnets=K``)."""
 
 
 @keras.saving.register_keras_serializable(package="keras_ast")
@@ -172,27 +154,6 @@ class SparseDepthwiseConv2D(MaskedKernelMixin, keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` with K sub-net masks over its depthwise kernel."""
 
     _kernel_attr = "_shared_depthwise_kernel"
-
-    def __init__(self, *args, num_subnets=1, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_subnets(num_subnets)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_masks()
-
-    # DepthwiseConv2D keeps its kernel in the plain attribute `kernel`; redirect the
-    # assignment in its `build` to another name so `kernel` can be the masked view.
-    @property
-    def kernel(self):
-        return self.masked_kernel(self._shared_depthwise_kernel)
-
-    @kernel.setter
-    def kernel(self, variable):
-        self._shared_depthwise_kernel = variable
-
-    def get_config(self):
-        return self._subnet_config(super().get_config())
 
 
 @keras.saving.register_keras_serializable(package="keras_ast")
@@ -202,10 +163,6 @@ class SwitchableBatchNormalization(SubnetLayerMixin, keras.layers.BatchNormaliza
     Variables have shape [K, channels]; sub-net k reads and updates row k only. The
     configuration (axis, momentum, epsilon, center, scale, synchronized) is Keras' own.
     """
-
-    def __init__(self, *args, num_subnets=1, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_subnets(num_subnets)
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -293,9 +250,6 @@ class SwitchableBatchNormalization(SubnetLayerMixin, keras.layers.BatchNormaliza
             epsilon=self.epsilon,
         )
         return ops.cast(outputs, compute_dtype)
-
-    def get_config(self):
-        return self._subnet_config(super().get_config())
 
 
 SPARSE_LAYERS = (SparseConv2D, SparseDense, SparseDepthwiseConv2D)

@@ -19,7 +19,22 @@ def _check_fraction(name, value, upper_open=True):
         raise ValueError(f"{name} must be in {bound}, got {value!r}")
 
 
-class CubicSparsity:
+class _Schedule:
+    """Config plumbing shared by the schedules: ``from_config(get_config())`` round-trips."""
+
+    def get_config(self):
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class CubicSparsity(_Schedule):
     """Gradual cubic sparsity (Zhu & Gupta) with periodic update times.
 
     Updates are scheduled at ``T_j = begin_step + offset + j * frequency`` (j = 0, 1, ...). The
@@ -108,16 +123,8 @@ class CubicSparsity:
             "offset": self.offset,
         }
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-
-class CosineDecay:
+class CosineDecay(_Schedule):
     """Cosine decay from `initial` to `final` over `decay_steps`, then constant at `final`.
 
     Used for the death/regrow ratio r (GraNet: 0.5 -> 0.005 over the whole run).
@@ -139,14 +146,6 @@ class CosineDecay:
 
     def get_config(self):
         return {"initial": self.initial, "final": self.final, "decay_steps": self.decay_steps}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def staggered_schedules(initial_sparsity, sparsities, begin_step, end_step, frequency,
