@@ -1,0 +1,49 @@
+"""CIFAR ResNets: the paper's wide ResNet-32 and the standard CIFAR ResNet-18."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_ast.models.init import classifier, conv_bn
+
+DENSE_LAYERS = ()  # on CIFAR the classifier is prunable too (DESIGN.md section 4)
+
+
+def basic_block(x, filters, strides, name):
+    """Two 3x3 conv + BN (ReLU between and after the sum); a 1x1 conv + BN shortcut when the
+    stride or the width changes."""
+    shortcut = x
+    y = conv_bn(x, filters, 3, strides, f"{name}_conv1", relu=True)
+    y = conv_bn(y, filters, 3, 1, f"{name}_conv2", relu=False)
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = conv_bn(x, filters, 1, strides, f"{name}_shortcut", relu=False)
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def _cifar_resnet(name, num_classes, input_shape, stem_width, widths, blocks_per_stage):
+    inputs = keras.Input(input_shape)
+    x = conv_bn(inputs, stem_width, 3, 1, "stem_conv", relu=True)
+    for stage, (width, blocks) in enumerate(zip(widths, blocks_per_stage)):
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = basic_block(x, width, strides, f"stage{stage + 1}_block{block + 1}")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, classifier(x, num_classes), name=name)
+
+
+def wide_resnet32(num_classes=10, input_shape=(32, 32, 3), widths=(32, 64, 128),
+                  blocks_per_stage=5):
+    """The paper's wide ResNet-32: 3x3 stem conv (widths[0]) + BN, three stages of
+    `blocks_per_stage` BasicBlocks (widths 32/64/128, stride 2 at stages 2 and 3, 1x1 conv+BN
+    shortcuts there), global average pooling, Dense classifier. ~275.6 M MACs per 32x32 image.
+    """
+    return _cifar_resnet("wide_resnet32", num_classes, input_shape, widths[0], widths,
+                         [blocks_per_stage] * len(widths))
+
+
+def resnet18_cifar(num_classes=10, input_shape=(32, 32, 3)):
+    """The standard CIFAR ResNet-18: 3x3 stem conv 64 (no max-pool), stages 64/128/256/512 of
+    2 BasicBlocks each, global average pooling, Dense classifier (11.17 M parameters)."""
+    return _cifar_resnet("resnet18_cifar", num_classes, input_shape, 64, (64, 128, 256, 512),
+                         (2, 2, 2, 2))

@@ -1,0 +1,138 @@
+"""The work behind `launch.train`: data, model, fit with PruneRegrow, evaluation, export."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+import keras_ast
+from keras_ast import data as data_lib
+from keras_ast import export, models
+
+
+def learning_rate(flags, steps_per_epoch):
+    """Cosine (or x0.1 steps at 50% / 75%) decay after an optional linear warm-up."""
+    total = flags.epochs * steps_per_epoch
+    warmup = flags.warmup_epochs * steps_per_epoch
+    if flags.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else flags.lr, max(total - warmup, 1),
+            warmup_target=flags.lr if warmup else None, warmup_steps=warmup,
+        )
+    boundaries = [int(total * 0.5), int(total * 0.75)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        boundaries, [flags.lr, flags.lr * 0.1, flags.lr * 0.01]
+    )
+
+
+def _prune_callback(flags, num_subnets, steps_per_epoch):
+    total = flags.epochs * steps_per_epoch
+    frequency = flags.update_frequency or max(4 * num_subnets, steps_per_epoch)
+    period = flags.adjustment_period or max(1, frequency // (2 * num_subnets))
+    end_epoch = flags.prune_end_epoch
+    if end_epoch is None:
+        end_epoch = 0.6875 * flags.epochs
+    begin = int(flags.prune_start_epoch * steps_per_epoch)
+    end = max(begin + 1, int(end_epoch * steps_per_epoch))
+    return keras_ast.PruneRegrow(
+        frequency=frequency, adjustment_period=period if num_subnets > 1 else 0,
+        begin_step=begin, end_step=end, initial_sparsity=flags.initial_sparsity,
+        mode=flags.prune_mode, total_steps=total, seed=flags.seed, verbose=1,
+    )
+
+
+def _one_hot(num_classes, smoothing):
+    if smoothing == 0.0:
+        return None, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return (
+        lambda x, y: (x, tf.one_hot(y, num_classes)),
+        keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing),
+    )
+
+
+def train_ast(flags, sparsities, train, steps_per_epoch, info, loss):
+    """Builds, compiles and fits one ASTModel with the given sparsities."""
+    plain = models.get_model(flags.model, num_classes=info.num_classes,
+                             input_shape=info.image_shape)
+    model = keras_ast.ASTModel.from_model(
+        plain, sparsities, dense_layers=models.dense_layers(flags.model), gc=flags.gc,
+        gc_reference=flags.gc_reference,
+    )
+    model.compile(
+        optimizer=keras_ast.SGD(learning_rate(flags, steps_per_epoch), momentum=flags.momentum,
+                                l2=flags.weight_decay),
+        loss=loss, metrics=["accuracy"], jit_compile=flags.jit_compile,
+    )
+    model.fit(train, epochs=flags.epochs, verbose=flags.verbose, shuffle=False,
+              callbacks=[_prune_callback(flags, len(sparsities), steps_per_epoch)])
+    return model
+
+
+def run(flags, sparsities):
+    """Trains, evaluates and exports; returns the summary (also written to summary.json)."""
+    keras.utils.set_random_seed(flags.seed)
+    train, test, info = data_lib.load_dataset(
+        flags.dataset, data_dir=flags.data_dir, batch_size=flags.batch_size, seed=flags.seed
+    )
+    to_one_hot, loss = _one_hot(info.num_classes, flags.label_smoothing)
+    if to_one_hot is not None:
+        train, test = train.map(to_one_hot), test.map(to_one_hot)
+    steps_per_epoch = int(train.cardinality())
+    if steps_per_epoch <= 0:
+        raise ValueError("the training set has no known length")
+    os.makedirs(flags.output_dir, exist_ok=True)
+    export_dir = os.path.join(flags.output_dir, "export")
+    if flags.mode == "ast":
+        runs = [(train_ast(flags, sparsities, train, steps_per_epoch, info, loss), None)]
+    else:  # individual: one K=1 run per sparsity, exported as subnet_<k>
+        runs = [(train_ast(flags, [s], train, steps_per_epoch, info, loss), k)
+                for k, s in enumerate(sparsities)]
+    entries = []
+    for model, index in runs:
+        results = model.evaluate_subnets(test)
+        for k, metrics in results.items():
+            subnet = k if index is None else index
+            path = os.path.join(export_dir, f"subnet_{subnet}")
+            export.export_subnet(model, k, path)
+            entries.append({
+                "subnet": subnet,
+                "target_sparsity": model.sparsities[k],
+                "measured_sparsity": export.saved_model_sparsity(
+                    path, [layer.name for layer in model.sparse_layers]
+                ),
+                "overall_sparsity": model.overall_sparsity(k),
+                "accuracy": metrics["accuracy"],
+                "loss": metrics["loss"],
+                "export_path": path,
+            })
+        name = "model.keras" if index is None else f"model_subnet{index}.keras"
+        model.save(os.path.join(flags.output_dir, name))
+    summary = {
+        "dataset": flags.dataset,
+        "model": flags.model,
+        "mode": flags.mode,
+        "gc": flags.gc,
+        "epochs": flags.epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "subnets": entries,
+    }
+    path = os.path.join(flags.output_dir, "summary.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return summary
+
+
+def format_table(summary):
+    """The per-sub-net result table printed at the end of a run."""
+    rows = [f"{'sub-net':>7} {'target':>8} {'measured':>9} {'overall':>8} {'accuracy':>9}"]
+    for e in summary["subnets"]:
+        rows.append(
+            f"{e['subnet']:>7} {100 * e['target_sparsity']:7.2f}% "
+            f"{100 * e['measured_sparsity']:8.2f}% {100 * e['overall_sparsity']:7.2f}% "
+            f"{100 * e['accuracy']:8.2f}%"
+        )
+    return "\n".join(rows)

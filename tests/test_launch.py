@@ -1,0 +1,100 @@
+"""The launcher end to end: default run, summary, exports, bad flags."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_ast
+from keras_ast import export
+from keras_ast.data import load_digits_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _launch(*args, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "launch.train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run1")
+    result = _launch(f"--output_dir={out}", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_default_run_summary(default_run):
+    out, result = default_run
+    summary = json.loads((out / "summary.json").read_text())
+    entries = summary["subnets"]
+    assert [e["target_sparsity"] for e in entries] == [0.5, 0.75, 0.9]
+    model = keras.models.load_model(out / "model.keras")
+    names = [layer.name for layer in model.sparse_layers]
+    for e in entries:
+        # Recomputed here from the exported SavedModel's kernels.
+        measured = export.saved_model_sparsity(e["export_path"], names)
+        assert measured == pytest.approx(e["measured_sparsity"])
+        assert abs(measured - e["target_sparsity"]) < 0.005
+        assert e["accuracy"] > 0.9  # chance is 0.1
+    assert "sub-net" in result.stdout and "90.00%" in result.stdout  # the table
+
+
+def test_saved_models_predict_like_the_in_memory_subnets(default_run):
+    out, _ = default_run
+    x = load_digits_arrays(seed=0).x_test[:100]
+    model = keras.models.load_model(out / "model.keras")
+    for k in range(model.num_subnets):
+        loaded = tf.saved_model.load(str(out / "export" / f"subnet_{k}"))
+        model.set_subnet(k)
+        np.testing.assert_allclose(np.asarray(loaded.serve(x)), model.predict(x, verbose=0),
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=vgg99"], "unknown --model='vgg99'"),
+    (["--sparsities=0.9,0.5"], "strictly increasing"),
+    (["--sparsities=0.5,1.2"], "[0, 1)"),
+    (["--dataset=cifar10"], "needs --data_dir"),
+    (["--dataset=cifar10", "--data_dir=/nonexistent/x"], "does not exist"),
+    (["--gc=sometimes"], "unknown --gc"),
+])
+def test_bad_flags_fail_with_one_line(args, message, tmp_path):
+    result = _launch(*args, f"--output_dir={tmp_path}/out", timeout=120)
+    assert result.returncode != 0
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "out").exists()  # nothing was built
+
+
+def test_missing_cifar_data_names_the_file(tmp_path):
+    result = _launch("--dataset=cifar10", f"--data_dir={tmp_path}", "--model=wrn32",
+                     f"--output_dir={tmp_path}/out", timeout=120)
+    assert result.returncode == 2
+    assert "cifar-10-python.tar.gz" in result.stderr
+
+
+def test_export_sparsity_rejects_unknown_layers(default_run):
+    out, _ = default_run
+    with pytest.raises(ValueError, match="lacks some kernels"):
+        export.saved_model_sparsity(str(out / "export" / "subnet_0"), ["no_such_layer"])
+
+
+def test_flagfiles_parse():
+    for name in ("cifar10_wrn32", "cifar100_wrn32", "imagenet_resnet50"):
+        result = subprocess.run(
+            [sys.executable, "-c",
+             "import sys; from absl import flags; import launch.train as t; "
+             f"flags.FLAGS(['x', '--flagfile=launch/configs/{name}.flags']); "
+             "print(flags.FLAGS.model, flags.FLAGS.sparsities)"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert keras_ast.__version__
