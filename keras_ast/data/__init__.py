@@ -1,6 +1,6 @@
 """Input pipelines: the embedded digits set, CIFAR-10/100 and ImageNet. Nothing downloads."""
 
-from keras_ast.data.cifar import augment_cifar, load_cifar
+from keras_ast.data.cifar import augment_cifar, load_cifar, normalise_cifar, read_python_archive
 from keras_ast.data.digits import NUM_CLASSES as _DIGIT_CLASSES
 from keras_ast.data.digits import load_digits, load_digits_arrays
 from keras_ast.data.imagenet import load_imagenet
