@@ -197,11 +197,14 @@ class PruneRegrow(keras.callbacks.Callback):
             layer.masks.assign(np.stack(rows))
 
     # -------------------------------------------------------------- in-graph mask update
-    def update_masks(self, model, step, subnet, dense_grads):
-        """Called by `ASTModel.train_step`: updates sub-net `subnet`'s masks if due."""
-        K = model.num_subnets
+    def update_masks(self, model, step, subnet, dense_grads, window):
+        """Called by `ASTModel.train_step`: updates sub-net `subnet`'s masks if due.
+
+        `window` is how often the sub-net runs (K when alternating, 1 in joint training): an
+        update scheduled at T is carried out at its first step >= T.
+        """
         due = ops.take(
-            ops.stack([s.is_due(step, window=K) for s in self.schedules]), subnet
+            ops.stack([s.is_due(step, window=window) for s in self.schedules]), subnet
         )
 
         def update():

@@ -25,10 +25,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_ast import correction
+from keras_ast import correction, cost
 from keras_ast import layers as ast_layers
 from keras_ast import sparsify as sparsify_lib
 from keras_ast.optimizers import SGD
+
+
+TRAINING_MODES = ("alternating", "joint")
 
 
 def check_sparsities(sparsities) -> tuple[float, ...]:
@@ -65,12 +68,24 @@ class ASTModel(keras.Model):
       gc: gradient correction scope: "layerwise" (default), "global" or "off".
       gc_reference: "corrected" (default: h is the gradient actually applied at the previous
         step) or "raw" (h is the previous gradient before its own correction).
+      training: "alternating" (AST: step t trains sub-net t mod K; with K = 1 this is plain
+        GraNet-style individual sparse training) or "joint" (S-Net style baseline: every step
+        runs all K sub-nets on the batch, sums their losses and takes one optimizer step; no GC).
     """
 
-    def __init__(self, network, sparsities, gc="layerwise", gc_reference="corrected", **kwargs):
+    def __init__(self, network, sparsities, gc="layerwise", gc_reference="corrected",
+                 training="alternating", **kwargs):
         super().__init__(**kwargs)
         self.sparsities = check_sparsities(sparsities)
         correction.check_mode(gc, gc_reference)
+        if training not in TRAINING_MODES:
+            raise ValueError(f"unknown training {training!r}; use one of {TRAINING_MODES}")
+        if training == "joint" and gc != "off" and len(self.sparsities) > 1:
+            raise ValueError(
+                f"gradient correction (gc={gc!r}) is for alternating training; joint training "
+                "sums all sub-nets' gradients in one step: use gc='off'"
+            )
+        self.training_mode = training
         self.num_subnets = len(self.sparsities)
         self.gc = gc
         self.gc_reference = gc_reference
@@ -117,6 +132,13 @@ class ASTModel(keras.Model):
                 )
                 for i, layer in enumerate(self.sparse_layers)
             ]
+        # Training cost: FLOPs spent while each sub-net was trained (cost.py), from the masks.
+        self.train_flops = self.add_weight(
+            name="train_flops", shape=(self.num_subnets,), dtype="float64",
+            initializer="zeros", trainable=False, aggregation="only_first_replica",
+        )
+        self._sparse_macs = [cost.layer_macs(layer) for layer in self.sparse_layers]
+        self._dense_macs = cost.model_macs(network) - sum(self._sparse_macs)
         self.gc_conflict_tracker = keras.metrics.Mean(name="gc_conflict")
         self.gc_cosine_tracker = keras.metrics.Mean(name="gc_cosine")
         self._pruner = None
@@ -125,7 +147,7 @@ class ASTModel(keras.Model):
 
     @classmethod
     def from_model(cls, model, sparsities, prunable=None, dense_layers=(), switchable_bn=None,
-                   gc="layerwise", gc_reference="corrected", **kwargs):
+                   gc="layerwise", gc_reference="corrected", training="alternating", **kwargs):
         """Makes an ASTModel from an ordinary functional or Sequential Keras model.
 
         See `keras_ast.sparsify` for `prunable`, `dense_layers` and `switchable_bn`; the other
@@ -137,7 +159,8 @@ class ASTModel(keras.Model):
             model, len(sparsities), prunable=prunable, dense_layers=dense_layers,
             switchable_bn=switchable_bn,
         )
-        return cls(network, sparsities, gc=gc, gc_reference=gc_reference, **kwargs)
+        return cls(network, sparsities, gc=gc, gc_reference=gc_reference, training=training,
+                   **kwargs)
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -157,6 +180,17 @@ class ASTModel(keras.Model):
         return self.network(inputs, training=training)
 
     # ------------------------------------------------------------------------- sub-net choice
+    @property
+    def training_flops(self):
+        """{sub-net k: FLOPs spent on steps that trained k, "total": their sum, "dense_step":
+        FLOPs of one dense training example} (DESIGN.md section 8)."""
+        per_subnet = [float(v) for v in ops.convert_to_numpy(self.train_flops)]
+        result = {k: v for k, v in enumerate(per_subnet)}
+        result["total"] = sum(per_subnet)
+        result["dense_example"] = float(cost.FORWARD_BACKWARD * cost.FLOPS_PER_MAC * (
+            self._dense_macs + sum(self._sparse_macs)))
+        return result
+
     def _check_subnet(self, subnet):
         if not isinstance(subnet, int) or not 0 <= subnet < self.num_subnets:
             raise ValueError(
@@ -224,33 +258,50 @@ class ASTModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         step = ops.convert_to_tensor(self.iteration)
-        subnet = ops.cast(step % self.num_subnets, "int32")
-        self.active_subnet.assign(subnet)
-        with tf.GradientTape() as tape:
-            y_pred, loss = self._loss(x, y, sample_weight, training=True)
-            loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
-        grads = tape.gradient(loss, variables)
-        grads = self._sparse_gradients(step, subnet, variables, grads)
-        if isinstance(self.optimizer, SGD):
-            with self.optimizer.updating_rows(self.per_subnet_variables, subnet,
-                                              self.num_subnets):
-                self.optimizer.apply(grads, variables)
+        if self.training_mode == "joint":
+            subnets = list(range(self.num_subnets))  # all of them, every step
         else:
-            self.optimizer.apply(grads, variables)
+            subnets = [ops.cast(step % self.num_subnets, "int32")]
+        total = None
+        for subnet in subnets:
+            self.active_subnet.assign(subnet)
+            with tf.GradientTape() as tape:
+                y_pred, loss = self._loss(x, y, sample_weight, training=True)
+                loss = self.optimizer.scale_loss(loss)
+            grads = self._sparse_gradients(step, subnet, variables, tape.gradient(loss, variables),
+                                           ops.shape(tf.nest.flatten(x)[0])[0])
+            # Joint training: the gradient of the summed losses is the sum of the gradients.
+            total = grads if total is None else [
+                a if b is None else b if a is None else ops.add(a, b) for a, b in zip(total, grads)
+            ]
+            logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if isinstance(self.optimizer, SGD) and self.training_mode == "alternating":
+            with self.optimizer.updating_rows(self.per_subnet_variables, subnets[0],
+                                              self.num_subnets):
+                self.optimizer.apply(total, variables)
+        else:
+            self.optimizer.apply(total, variables)
         self.iteration.assign_add(1)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return logs
 
-    def _sparse_gradients(self, step, subnet, variables, grads):
-        """Mask update (if due), masking and gradient correction of the prunable kernels."""
+    def _sparse_gradients(self, step, subnet, variables, grads, batch):
+        """Mask update (if due), masking, FLOPs accounting and gradient correction of the
+        prunable kernels."""
         position = {id(v): i for i, v in enumerate(variables)}
         kernel_ids = [position[id(layer.shared_kernel)] for layer in self.sparse_layers]
         dense = [grads[i] for i in kernel_ids]
         if self._pruner is not None:
-            self._pruner.update_masks(self, step, subnet, dense)
+            window = 1 if self.training_mode == "joint" else self.num_subnets
+            self._pruner.update_masks(self, step, subnet, dense, window=window)
         masks = [ops.cast(layer.mask_for(subnet), g.dtype)
                  for layer, g in zip(self.sparse_layers, dense)]
         masked = [g * m for g, m in zip(dense, masks)]
+        densities = [ops.cast(ops.mean(m), "float64") for m in masks]
+        flops = cost.step_flops(ops.cast(batch, "float64"), float(self._dense_macs),
+                                [float(m) for m in self._sparse_macs], densities)
+        self.train_flops.assign_add(
+            ops.one_hot(subnet, self.num_subnets, dtype="float64") * flops)
         if self.uses_gc:
             refs = [ops.cast(h, g.dtype) * m for h, g, m in zip(self.gc_refs, masked, masks)]
             enabled = subnet > 0
@@ -305,6 +356,7 @@ class ASTModel(keras.Model):
             "sparsities": list(self.sparsities),
             "gc": self.gc,
             "gc_reference": self.gc_reference,
+            "training": self.training_mode,
         }
 
     @classmethod

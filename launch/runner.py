@@ -53,13 +53,14 @@ def _one_hot(num_classes, smoothing):
     )
 
 
-def train_ast(flags, sparsities, train, steps_per_epoch, info, loss):
+def train_ast(flags, sparsities, train, steps_per_epoch, info, loss, training="alternating"):
     """Builds, compiles and fits one ASTModel with the given sparsities."""
     plain = models.get_model(flags.model, num_classes=info.num_classes,
                              input_shape=info.image_shape)
     model = keras_ast.ASTModel.from_model(
-        plain, sparsities, dense_layers=models.dense_layers(flags.model), gc=flags.gc,
-        gc_reference=flags.gc_reference,
+        plain, sparsities, dense_layers=models.dense_layers(flags.model),
+        gc="off" if training == "joint" else flags.gc, gc_reference=flags.gc_reference,
+        training=training,
     )
     model.compile(
         optimizer=keras_ast.SGD(learning_rate(flags, steps_per_epoch), momentum=flags.momentum,
@@ -85,13 +86,18 @@ def run(flags, sparsities):
         raise ValueError("the training set has no known length")
     os.makedirs(flags.output_dir, exist_ok=True)
     export_dir = os.path.join(flags.output_dir, "export")
-    if flags.mode == "ast":
-        runs = [(train_ast(flags, sparsities, train, steps_per_epoch, info, loss), None)]
+    if flags.mode in ("ast", "joint"):
+        training = "joint" if flags.mode == "joint" else "alternating"
+        runs = [(train_ast(flags, sparsities, train, steps_per_epoch, info, loss, training),
+                 None)]
     else:  # individual: one K=1 run per sparsity, exported as subnet_<k>
         runs = [(train_ast(flags, [s], train, steps_per_epoch, info, loss), k)
                 for k, s in enumerate(sparsities)]
     entries = []
+    total_flops = 0.0
     for model, index in runs:
+        flops = model.training_flops
+        total_flops += flops["total"]
         results = model.evaluate_subnets(test)
         for k, metrics in results.items():
             subnet = k if index is None else index
@@ -105,6 +111,7 @@ def run(flags, sparsities):
                 ),
                 "overall_sparsity": model.overall_sparsity(k),
                 "accuracy": metrics["accuracy"],
+                "training_flops": flops[k],
                 "loss": metrics["loss"],
                 "export_path": path,
             })
@@ -117,6 +124,10 @@ def run(flags, sparsities):
         "gc": flags.gc,
         "epochs": flags.epochs,
         "steps_per_epoch": steps_per_epoch,
+        # DESIGN.md section 8: the whole run (all sub-nets), and the same steps trained dense.
+        "training_flops": total_flops,
+        "dense_training_flops": (flags.epochs * steps_per_epoch * flags.batch_size
+                                 * runs[0][0].training_flops["dense_example"]),
         "subnets": entries,
     }
     path = os.path.join(flags.output_dir, "summary.json")
@@ -128,11 +139,15 @@ def run(flags, sparsities):
 
 def format_table(summary):
     """The per-sub-net result table printed at the end of a run."""
-    rows = [f"{'sub-net':>7} {'target':>8} {'measured':>9} {'overall':>8} {'accuracy':>9}"]
+    rows = [f"{'sub-net':>7} {'target':>8} {'measured':>9} {'overall':>8} {'accuracy':>9} "
+            f"{'train FLOPs':>12}"]
     for e in summary["subnets"]:
         rows.append(
             f"{e['subnet']:>7} {100 * e['target_sparsity']:7.2f}% "
             f"{100 * e['measured_sparsity']:8.2f}% {100 * e['overall_sparsity']:7.2f}% "
-            f"{100 * e['accuracy']:8.2f}%"
+            f"{100 * e['accuracy']:8.2f}% {e['training_flops']:12.4g}"
         )
+    total, dense = summary["training_flops"], summary["dense_training_flops"]
+    rows.append(f"training FLOPs ({summary['mode']}): {total:.4g} in all; the same steps "
+                f"trained dense: {dense:.4g} ({total / dense:.3f}x)")
     return "\n".join(rows)

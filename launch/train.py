@@ -91,9 +91,9 @@ def check_flags():
             raise FlagError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
     if not 0.0 <= FLAGS.label_smoothing < 1.0:
         raise FlagError(f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}")
-    if FLAGS.mode == "joint":
-        raise FlagError("--mode=joint is not available yet (it arrives with the baselines "
-                        "issue); use --mode=ast or --mode=individual")
+    if FLAGS.mode == "joint" and FLAGS["gc"].present and FLAGS.gc != "off":
+        raise FlagError(f"--gc={FLAGS.gc} needs alternating training; --mode=joint sums all "
+                        "sub-nets' gradients in one step (leave --gc out or set --gc=off)")
     return sparsities
 
 
