@@ -17,6 +17,7 @@ ratios to individual and to dense, training FLOPs (counted from the masks) and f
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -76,6 +77,11 @@ def main(argv):
     epochs = FLAGS.repeats + 1
     total = steps * epochs
     frequency = FLAGS.update_frequency
+    K = len(sparsities)
+    # The last (final-sparsity) update must fall inside the run; shorten the period if not.
+    if math.ceil((total // 2) / frequency) * frequency + (K - 1) * (frequency // (2 * K)) + K \
+            >= total:
+        frequency = max(4 * K, total // 4)
     configs = {
         "dense": (_compile(small_cnn(width=FLAGS.width), 0.05), None),
     }
