@@ -1,12 +1,27 @@
 """Model zoo: plain Keras functional models that `keras_ast.sparsify` turns into AST models.
 
-Every model names its stem conv ``stem_conv`` and its classifier ``classifier`` (logits).
+Every model names its stem conv ``stem_conv`` (the first Conv2D, which stays dense) and its BN
+``stem_bn``, and ends in a Dense ``classifier`` producing logits. Convolutions have no bias and
+PyTorch's Kaiming-normal fan_out initialiser; BatchNorm uses momentum 0.9 and epsilon 1e-5
+(PyTorch's defaults).
+
+- `small_cnn`: four 3x3 convs for the 8x8 digits (the launcher's default).
+- `wide_resnet32`: the paper's CIFAR wide ResNet-32 (widths 32/64/128, ~275.6 M MACs).
+- `resnet18_cifar`: the standard CIFAR ResNet-18 (11.17 M parameters).
+- `resnet50`: ImageNet ResNet-50 v1.5 (25.56 M parameters; its classifier stays dense).
+
+`get_model(name, **kwargs)` builds one by its `MODELS` name; `dense_layers(name)` gives the
+layer names to keep dense besides the stem (pass them to `sparsify(..., dense_layers=...)`).
 """
 
-from keras_ast.models import resnet_cifar, resnet_imagenet, small_cnn as _small_cnn
+from keras_ast.models import resnet_cifar, resnet_imagenet
+from keras_ast.models import small_cnn as _small_cnn_module
 from keras_ast.models.resnet_cifar import resnet18_cifar, wide_resnet32
 from keras_ast.models.resnet_imagenet import resnet50
 from keras_ast.models.small_cnn import small_cnn
+
+__all__ = ["MODELS", "dense_layers", "get_model", "resnet18_cifar", "resnet50", "small_cnn",
+           "wide_resnet32"]
 
 MODELS = {
     "small_cnn": small_cnn,
@@ -15,7 +30,7 @@ MODELS = {
     "resnet50": resnet50,
 }
 _DENSE = {
-    "small_cnn": _small_cnn.DENSE_LAYERS,
+    "small_cnn": _small_cnn_module.DENSE_LAYERS,
     "wrn32": resnet_cifar.DENSE_LAYERS,
     "resnet18": resnet_cifar.DENSE_LAYERS,
     "resnet50": resnet_imagenet.DENSE_LAYERS,
@@ -24,16 +39,24 @@ _DENSE = {
 
 def _check(name):
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; use one of {sorted(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; use one of {', '.join(sorted(MODELS))}")
 
 
 def get_model(name, **kwargs):
-    """Builds the model registered as `name` (keyword arguments go to its builder)."""
+    """Builds the model registered as `name` in `MODELS`.
+
+    Args:
+      name: one of ``small_cnn``, ``wrn32``, ``resnet18``, ``resnet50``.
+      **kwargs: passed to the builder (``num_classes``, ``input_shape``, ...).
+
+    Raises:
+      ValueError: `name` is not a registered model (the message lists the valid names).
+    """
     _check(name)
     return MODELS[name](**kwargs)
 
 
 def dense_layers(name):
-    """Names of the layers of model `name` that stay dense besides the stem."""
+    """Names of the layers of model `name` that stay dense besides the stem (a tuple)."""
     _check(name)
-    return _DENSE[name]
+    return tuple(_DENSE[name])

@@ -10,8 +10,11 @@ DENSE_LAYERS = ()  # on CIFAR the classifier is prunable too (DESIGN.md section 
 
 
 def basic_block(x, filters, strides, name):
-    """Two 3x3 conv + BN (ReLU between and after the sum); a 1x1 conv + BN shortcut when the
-    stride or the width changes."""
+    """A BasicBlock: 3x3 conv + BN + ReLU, 3x3 conv + BN, plus the shortcut, then ReLU.
+
+    The shortcut is the identity, or a 1x1 conv (``{name}_shortcut``) + BN when the stride or
+    the width changes. The stride sits on the first 3x3 conv.
+    """
     shortcut = x
     y = conv_bn(x, filters, 3, strides, f"{name}_conv1", relu=True)
     y = conv_bn(y, filters, 3, 1, f"{name}_conv2", relu=False)
@@ -22,8 +25,10 @@ def basic_block(x, filters, strides, name):
 
 
 def _cifar_resnet(name, num_classes, input_shape, stem_width, widths, blocks_per_stage):
+    """3x3 stem conv + BN + ReLU (no max-pool), stages of BasicBlocks (stride 2 at the first
+    block of every stage after the first), global average pooling, Dense classifier."""
     inputs = keras.Input(input_shape)
-    x = conv_bn(inputs, stem_width, 3, 1, "stem_conv", relu=True)
+    x = conv_bn(inputs, stem_width, 3, 1, "stem_conv", relu=True, bn_name="stem_bn")
     for stage, (width, blocks) in enumerate(zip(widths, blocks_per_stage)):
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1
@@ -34,16 +39,20 @@ def _cifar_resnet(name, num_classes, input_shape, stem_width, widths, blocks_per
 
 def wide_resnet32(num_classes=10, input_shape=(32, 32, 3), widths=(32, 64, 128),
                   blocks_per_stage=5):
-    """The paper's wide ResNet-32: 3x3 stem conv (widths[0]) + BN, three stages of
-    `blocks_per_stage` BasicBlocks (widths 32/64/128, stride 2 at stages 2 and 3, 1x1 conv+BN
-    shortcuts there), global average pooling, Dense classifier. ~275.6 M MACs per 32x32 image.
+    """The paper's wide ResNet-32 (DESIGN.md section 9).
+
+    3x3 stem conv (``stem_conv``, widths[0]) + BN (``stem_bn``) + ReLU, three stages of
+    `blocks_per_stage` BasicBlocks (widths 32/64/128, stride 2 at stages 2 and 3 with 1x1
+    conv + BN shortcuts there), global average pooling, Dense classifier producing logits.
+    1,860,522 trainable parameters and ~275.6 M MACs per 32x32 image at 10 classes.
     """
     return _cifar_resnet("wide_resnet32", num_classes, input_shape, widths[0], widths,
                          [blocks_per_stage] * len(widths))
 
 
 def resnet18_cifar(num_classes=10, input_shape=(32, 32, 3)):
-    """The standard CIFAR ResNet-18: 3x3 stem conv 64 (no max-pool), stages 64/128/256/512 of
-    2 BasicBlocks each, global average pooling, Dense classifier (11.17 M parameters)."""
+    """The standard CIFAR ResNet-18: 3x3 stem conv 64 (``stem_conv``) + BN (``stem_bn``) +
+    ReLU (no max-pool), stages 64/128/256/512 of 2 BasicBlocks each, global average pooling,
+    Dense classifier producing logits (11,173,962 parameters at 10 classes)."""
     return _cifar_resnet("resnet18_cifar", num_classes, input_shape, 64, (64, 128, 256, 512),
                          (2, 2, 2, 2))
