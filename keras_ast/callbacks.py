@@ -197,26 +197,19 @@ class PruneRegrow(keras.callbacks.Callback):
             layer.masks.assign(np.stack(rows))
 
     # -------------------------------------------------------------- in-graph mask update
-    def update_masks(self, model, step, subnet, dense_grads, window):
-        """Called by `ASTModel.train_step`: updates sub-net `subnet`'s masks if due.
+    def is_due(self, step, subnet, window):
+        """Scalar bool tensor: is sub-net `subnet`'s mask update due at `step`?
 
         `window` is how often the sub-net runs (K when alternating, 1 in joint training): an
         update scheduled at T is carried out at its first step >= T.
         """
-        due = ops.take(
+        return ops.take(
             ops.stack([s.is_due(step, window=window) for s in self.schedules]), subnet
         )
 
-        def update():
-            self._update(model, step, subnet, dense_grads)
-            return ops.convert_to_tensor(1, "int32")
-
-        def skip():
-            return ops.convert_to_tensor(0, "int32")
-
-        return ops.cond(due, update, skip)
-
-    def _update(self, model, step, subnet, dense_grads):
+    def update(self, model, step, subnet, dense_grads):
+        """Prunes and regrows sub-net `subnet`'s masks (called by `ASTModel.train_step` inside
+        a ``cond`` on `is_due`), using the dense gradients of its kernels for regrowth."""
         K = model.num_subnets
         layers = model.sparse_layers
         weights = [ops.convert_to_tensor(layer.shared_kernel) for layer in layers]

@@ -47,28 +47,54 @@ class GCStats:
     cosine: object
 
 
-def project(grads, refs, scope="layerwise", enabled=True):
+def project(grads, refs, scope="layerwise", enabled=True, masks=None):
     """Gradient correction of `grads` against `refs` (lists of same-shaped tensors).
 
     Args:
       grads: the current sub-net's gradients (already restricted to its masks).
-      refs: the reference gradients, already restricted to the current sub-net's masks.
+      refs: the reference gradients h (the previous step's).
       scope: "layerwise" or "global".
-      enabled: a bool or scalar bool tensor; when false the gradients pass unchanged (used for
-        the first sub-net of each group without a Python branch in the compiled step).
+      enabled: a bool or scalar bool tensor; when false the gradients pass unchanged and no
+        work is done (a ``cond``: the first sub-net of each group costs nothing extra).
+      masks: the current sub-net's masks m_k; the projection uses ``h_k = m_k * h``. None if
+        `refs` are already restricted.
 
     Returns:
-      (corrected gradients, GCStats).
+      (corrected gradients, GCStats); the statistics are 0 when not enabled.
     """
+    if scope not in ("layerwise", "global"):
+        raise ValueError(f"scope must be 'layerwise' or 'global', got {scope!r}")
+    grads, refs = list(grads), list(refs)
+    if isinstance(enabled, bool):
+        if not enabled:
+            return grads, GCStats(conflict=ops.zeros(()), cosine=ops.zeros(()))
+        corrected, conflict, cosine = _project(grads, refs, masks, scope)
+        return corrected, GCStats(conflict=conflict, cosine=cosine)
+    count = len(grads)
+
+    def on():
+        corrected, conflict, cosine = _project(grads, refs, masks, scope)
+        return corrected + [conflict, cosine]
+
+    def off():
+        return grads + [ops.zeros((), "float32"), ops.zeros((), "float32")]
+
+    outputs = ops.cond(ops.convert_to_tensor(enabled), on, off)
+    return list(outputs[:count]), GCStats(conflict=outputs[count], cosine=outputs[count + 1])
+
+
+def _project(grads, refs, masks, scope):
+    if masks is not None:
+        refs = [h * ops.cast(m, h.dtype) for h, m in zip(refs, masks)]
+    # sum(a * b), not ops.vdot: on CPU vdot becomes a [1, n] x [n, 1] MKL matmul, ~35x slower
+    # for a 37 k-entry kernel (bench: 72 us vs 2 us).
     dots = [ops.sum(g * h) for g, h in zip(grads, refs)]
-    ref_norms = [ops.sum(h * h) for h in refs]
-    grad_norms = [ops.sum(g * g) for g in grads]
+    ref_norms = [ops.sum(ops.square(h)) for h in refs]
+    grad_norms = [ops.sum(ops.square(g)) for g in grads]
     if scope == "global":
         dots, ref_norms, grad_norms = [sum(dots)], [sum(ref_norms)], [sum(grad_norms)]
-    elif scope != "layerwise":
-        raise ValueError(f"scope must be 'layerwise' or 'global', got {scope!r}")
     dots, ref_norms, grad_norms = (ops.stack(v) for v in (dots, ref_norms, grad_norms))
-    conflict = ops.logical_and(dots < 0, ops.convert_to_tensor(enabled))
+    conflict = dots < 0
     # dot < 0 implies ||h|| > 0; the where keeps 0/0 out of every branch.
     safe_norms = ops.where(ref_norms > 0, ref_norms, ops.ones_like(ref_norms))
     coefs = ops.where(conflict, dots / safe_norms, ops.zeros_like(dots))
@@ -78,7 +104,5 @@ def project(grads, refs, scope="layerwise", enabled=True):
         corrected = [g - coefs[i] * h for i, (g, h) in enumerate(zip(grads, refs))]
     denom = ops.sqrt(ref_norms * grad_norms)
     cosines = ops.where(denom > 0, dots / ops.where(denom > 0, denom, 1.0), 0.0)
-    stats = GCStats(
-        conflict=ops.mean(ops.cast(dots < 0, "float32")), cosine=ops.mean(cosines)
-    )
-    return corrected, stats
+    return (corrected, ops.cast(ops.mean(ops.cast(conflict, "float32")), "float32"),
+            ops.cast(ops.mean(cosines), "float32"))

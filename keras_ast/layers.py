@@ -6,17 +6,37 @@ non-trainable variable of shape ``[K, *kernel_shape]``. Which mask is used is re
 shared :class:`SubnetIndex` (an integer variable owned by the `ASTModel`), inside the compiled
 step, so switching sub-nets never retraces.
 
-The forward pass uses ``kernel + stop_gradient(kernel * m - kernel)``: its value is exactly
-``kernel * m`` (for m in {0, 1} the sum is exact in floating point), but the gradient with
-respect to ``kernel`` is the *dense* gradient dL/d(kernel * m), evaluated for every entry. The
-training step multiplies it by ``m`` for the optimizer and uses the dense version for regrowth,
-so regrowth costs nothing extra. The shared kernel itself is never zeroed.
+The forward pass uses ``kernel * m`` (one multiply). While the training step records (inside
+:func:`recording_masked_kernels`), each sparse layer also reports that product tensor and the
+mask it used, so one backward pass gives both gradients the step needs: with respect to the
+shared kernel, ``dL/dW = dL/d(W*m) * m`` (already restricted to the sub-net, for the optimizer),
+and with respect to the product, the *dense* gradient ``dL/d(W*m)`` evaluated for every entry
+(for regrowth). Regrowth therefore costs nothing extra, and the mask is read once per step.
+The shared kernel itself is never zeroed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import keras
 from keras import ops
+
+_RECORDS = threading.local()  # per thread: tf.distribute runs replicas in separate threads
+
+
+@contextlib.contextmanager
+def recording_masked_kernels():
+    """Within the block, every sparse layer's forward appends ``(layer, kernel * mask, mask)``
+    to the yielded list (in call order; a layer called twice appears twice)."""
+    previous = getattr(_RECORDS, "records", None)
+    records = []
+    _RECORDS.records = records
+    try:
+        yield records
+    finally:
+        _RECORDS.records = previous
 
 
 class SubnetIndex:
@@ -107,9 +127,13 @@ class MaskedKernelMixin(SubnetLayerMixin):
         return ops.take(self.masks, subnet, axis=0)
 
     def masked_kernel(self, kernel):
+        """``kernel * mask`` of the active sub-net (recorded when a step is recording)."""
         mask = ops.cast(self.mask_for(self.active_subnet()), kernel.dtype)
-        # Value kernel * mask, gradient dense (see the module docstring).
-        return kernel + ops.stop_gradient(kernel * mask - kernel)
+        masked = kernel * mask
+        records = getattr(_RECORDS, "records", None)
+        if records is not None:
+            records.append((self, masked, mask))
+        return masked
 
     def _own_variables(self):
         variables = [self.shared_kernel]

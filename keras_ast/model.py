@@ -4,12 +4,14 @@ One training step (DESIGN.md section 2), all inside the compiled function:
 
 1. k = iteration mod K selects the sub-net (an int variable read by every sparse layer, so
    switching never retraces; works with ``jit_compile`` True or False).
-2. Forward with W * m_k and BN copy k; loss; gradients (dense for the prunable kernels).
+2. Forward with W * m_k and BN copy k; loss. One backward pass gives the gradient with
+   respect to each shared kernel W, which is ``dL/d(W*m_k) * m_k`` (restricted to the
+   sub-net), and with respect to each product W*m_k, the dense gradient (every entry).
 3. If a `PruneRegrow` callback is attached and sub-net k's mask update is due: prune and
-   regrow m_k using the dense gradients.
-4. Prunable-kernel gradients are multiplied by m_k (the new mask).
-5. Gradient correction against the previous sub-net's gradient (`correction.project`).
-6. ``optimizer.apply``; BN copies of other sub-nets are left alone with `keras_ast.SGD`.
+   regrow m_k using the dense gradients; the kernel gradients become dense * (new m_k).
+4. Gradient correction against the previous sub-net's gradient (`correction.project`), for
+   all but the first sub-net of each group of K steps.
+5. ``optimizer.apply``; BN copies of other sub-nets are left alone with `keras_ast.SGD`.
 
 Entries of the shared kernel outside m_k get no gradient from sub-net k; the shared momentum
 and (coupled) weight decay still act on them, since they belong to the shared weights, not to
@@ -259,6 +261,7 @@ class ASTModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         step = ops.convert_to_tensor(self.iteration)
         variables = self.trainable_variables
+        batch = ops.shape(tf.nest.flatten(x)[0])[0]
         if self.training_mode == "joint":
             subnets = list(range(self.num_subnets))  # all of them, every step
         else:
@@ -266,11 +269,13 @@ class ASTModel(keras.Model):
         total = None
         for subnet in subnets:
             self.active_subnet.assign(subnet)
-            with tf.GradientTape() as tape:
+            with tf.GradientTape() as tape, ast_layers.recording_masked_kernels() as records:
                 y_pred, loss = self._loss(x, y, sample_weight, training=True)
                 loss = self.optimizer.scale_loss(loss)
-            grads = self._sparse_gradients(step, subnet, variables, tape.gradient(loss, variables),
-                                           ops.shape(tf.nest.flatten(x)[0])[0])
+            products = [product for _, product, _ in records]
+            grads = tape.gradient(loss, variables + products)
+            grads = self._sparse_gradients(step, subnet, variables, grads[:len(variables)],
+                                           records, grads[len(variables):], batch)
             # Joint training: the gradient of the summed losses is the sum of the gradients.
             total = grads if total is None else [
                 a if b is None else b if a is None else ops.add(a, b) for a, b in zip(total, grads)
@@ -285,27 +290,57 @@ class ASTModel(keras.Model):
         self.iteration.assign_add(1)
         return logs
 
-    def _sparse_gradients(self, step, subnet, variables, grads, batch):
-        """Mask update (if due), masking, FLOPs accounting and gradient correction of the
-        prunable kernels."""
+    def _recorded(self, subnet, records, product_grads):
+        """Per sparse layer: (mask used in the forward, dense gradient dL/d(W*m)) from the
+        records of one forward pass (a layer called twice sums its gradients)."""
+        masks, dense = {}, {}
+        for (layer, product, mask), grad in zip(records, product_grads):
+            key = id(layer)
+            grad = ops.zeros_like(product) if grad is None else grad
+            masks.setdefault(key, mask)
+            dense[key] = grad if key not in dense else dense[key] + grad
+        result = []
+        for layer in self.sparse_layers:
+            kernel = layer.shared_kernel
+            if id(layer) in masks:  # cast to the variable's dtype (mixed precision)
+                mask, grad = masks[id(layer)], dense[id(layer)]
+            else:  # not used by this forward pass: no gradient at all
+                mask, grad = layer.mask_for(subnet), ops.zeros(kernel.shape, kernel.dtype)
+            result.append((ops.cast(mask, kernel.dtype), ops.cast(grad, kernel.dtype)))
+        return result
+
+    def _sparse_gradients(self, step, subnet, variables, grads, records, product_grads, batch):
+        """Mask update (if due), FLOPs accounting and gradient correction of the prunable
+        kernels; returns the gradients for the optimizer."""
         position = {id(v): i for i, v in enumerate(variables)}
         kernel_ids = [position[id(layer.shared_kernel)] for layer in self.sparse_layers]
-        dense = [grads[i] for i in kernel_ids]
+        masks, dense = (list(t) for t in zip(*self._recorded(subnet, records, product_grads)))
+        # dL/dW = dL/d(W*m) * m: already restricted to the sub-net's connections.
+        masked = [d * m if grads[i] is None else ops.cast(grads[i], d.dtype)
+                  for i, d, m in zip(kernel_ids, dense, masks)]
         if self._pruner is not None:
             window = 1 if self.training_mode == "joint" else self.num_subnets
-            self._pruner.update_masks(self, step, subnet, dense, window=window)
-        masks = [ops.cast(layer.mask_for(subnet), g.dtype)
-                 for layer, g in zip(self.sparse_layers, dense)]
-        masked = [g * m for g, m in zip(dense, masks)]
+            count = len(masks)
+
+            def updated():
+                self._pruner.update(self, step, subnet, dense)
+                new = [ops.cast(layer.mask_for(subnet), d.dtype)
+                       for layer, d in zip(self.sparse_layers, dense)]
+                return new + [d * m for d, m in zip(dense, new)]
+
+            outputs = ops.cond(self._pruner.is_due(step, subnet, window=window), updated,
+                               lambda: masks + masked)
+            masks, masked = list(outputs[:count]), list(outputs[count:])
         densities = [ops.cast(ops.mean(m), "float64") for m in masks]
         flops = cost.step_flops(ops.cast(batch, "float64"), float(self._dense_macs),
                                 [float(m) for m in self._sparse_macs], densities)
         self.train_flops.assign_add(
             ops.one_hot(subnet, self.num_subnets, dtype="float64") * flops)
         if self.uses_gc:
-            refs = [ops.cast(h, g.dtype) * m for h, g, m in zip(self.gc_refs, masked, masks)]
+            refs = [ops.cast(h, g.dtype) for h, g in zip(self.gc_refs, masked)]
             enabled = subnet > 0
-            corrected, stats = correction.project(masked, refs, self.gc, enabled=enabled)
+            corrected, stats = correction.project(masked, refs, self.gc, enabled=enabled,
+                                                  masks=masks)
             weight = ops.cast(enabled, "float32")
             self.gc_conflict_tracker.update_state(stats.conflict, sample_weight=weight)
             self.gc_cosine_tracker.update_state(stats.cosine, sample_weight=weight)

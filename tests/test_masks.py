@@ -19,6 +19,45 @@ def test_top_count_is_exact_with_ties():
     assert set(scores[kept > 0]) == {3.0}  # two of the three tied 3s, nothing else
 
 
+def _top_count_oracle(scores, count):
+    """The definition: a stable descending sort, the first `count` positions."""
+    flat = scores.reshape(-1)
+    order = np.argsort(-flat, kind="stable")
+    keep = np.zeros(flat.size, dtype="float32")
+    keep[order[:max(0, min(count, flat.size))]] = 1.0
+    return keep.reshape(scores.shape)
+
+
+def test_top_count_equals_a_stable_sort_on_random_scores_with_ties():
+    rng = np.random.default_rng(0)
+    # (No subnormals: TensorFlow flushes them to zero on CPU.)
+    pool = np.array([-np.inf, -2.0, -1.0, -1e-30, -0.0, 0.0, 2e-38, 0.5, 1.0, 3.0, np.inf],
+                    dtype="float32")
+    for trial in range(150):
+        shape = tuple(int(d) for d in rng.integers(1, 9, size=int(rng.integers(1, 4))))
+        if trial % 3 == 0:
+            scores = rng.choice(pool, size=shape)  # many exact ties, signed zeros, infinities
+        elif trial % 3 == 1:
+            scores = rng.normal(size=shape) * 10.0 ** rng.integers(-30, 30)
+        else:
+            scores = np.round(rng.normal(size=shape), 1)  # a few ties
+        scores = scores.astype("float32")
+        count = int(rng.integers(-1, scores.size + 2))  # out-of-range counts are clipped
+        expected = _top_count_oracle(scores, count)
+        got = np_(masks.top_count(scores, ops.convert_to_tensor(count, "int32")))
+        np.testing.assert_array_equal(got, expected, err_msg=f"{scores}, count {count}")
+
+
+def test_top_count_large_kernel_keeps_exactly_count():
+    rng = np.random.default_rng(1)
+    # 300 k entries where a third of them tie at 0: the cut falls inside the tie.
+    scores = np.abs(rng.normal(size=(3, 3, 128, 260))).astype("float32")
+    scores.reshape(-1)[rng.random(scores.size) < 0.33] = 0.0
+    count = int((scores > 0).sum()) + 1234
+    got = np_(masks.top_count(scores, count))
+    np.testing.assert_array_equal(got, _top_count_oracle(scores, count))
+
+
 def test_global_magnitude_prune_keeps_largest_active_over_all_kernels():
     w1 = np.array([0.1, -0.9, 0.5, 0.05], dtype="float32")
     w2 = np.array([[0.7, -0.2], [0.3, 0.8]], dtype="float32")

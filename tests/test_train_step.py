@@ -159,3 +159,23 @@ def test_no_retracing_across_steps_subnets_and_mask_updates(digits):
     assert 1 <= len(traces) <= 2 and set(traces) == {0}, traces
     assert int(model.iteration.numpy()) == 48
     assert all(abs(model.subnet_sparsity(k) - s) < 1e-3 for k, s in enumerate(model.sparsities))
+
+
+def test_steps_per_execution_gives_the_same_run(digits):
+    """Several steps per compiled call (Keras' steps_per_execution): the sub-net choice, the
+    mask updates and GC live in the step itself, so the run is the same as one step per call."""
+    x, y = digits.x_train[:384], digits.y_train[:384]
+    plain = tiny_cnn()
+    runs = []
+    for steps_per_execution in (1, 4):
+        keras.utils.set_random_seed(7)
+        model = keras_ast.ASTModel.from_model(plain, [0.5, 0.7, 0.9])
+        model.compile(optimizer=keras_ast.SGD(0.05, momentum=0.9, l2=5e-4),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      steps_per_execution=steps_per_execution)
+        prune = keras_ast.PruneRegrow(frequency=6, adjustment_period=2, end_step=30)
+        model.fit(x, y, batch_size=32, epochs=3, shuffle=False, callbacks=[prune], verbose=0)
+        runs.append(model)
+    assert int(runs[1].iteration.numpy()) == 36
+    for a, b in zip(runs[0].weights, runs[1].weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=a.path)
