@@ -22,20 +22,25 @@ from keras_ast.layers import (  # noqa: E402
     SwitchableBatchNormalization,
 )
 from keras_ast.model import ASTModel  # noqa: E402
+from keras_ast.nm import NMPattern, parse_nm, parse_nm_list  # noqa: E402
 from keras_ast.optimizers import SGD  # noqa: E402
-from keras_ast.schedules import CosineDecay, CubicSparsity  # noqa: E402
+from keras_ast.schedules import CosineDecay, CubicGroupFraction, CubicSparsity  # noqa: E402
 from keras_ast.sparsify import sparsify  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "ASTModel",
     "CosineDecay",
+    "CubicGroupFraction",
     "CubicSparsity",
+    "NMPattern",
     "PruneRegrow",
     "SGD",
     "SparseConv2D",
     "SparseDense",
     "SparseDepthwiseConv2D",
     "SwitchableBatchNormalization",
+    "parse_nm",
+    "parse_nm_list",
     "sparsify",
 ]

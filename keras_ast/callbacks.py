@@ -25,6 +25,12 @@ Modes: ``nondisjoint`` (default): every sub-net prunes and regrows on its own.
 k > 0 keeps the round((1 - s_k) N) largest-|W| weights of sub-net k-1's mask (no regrowth of its
 own). After any update, every sparser mask is re-nested in its parent (entries still inside
 stay; lost ones are replaced by the largest-|W| parent entries), so masks nest at all times.
+
+N:M sub-nets (``ASTModel(..., nm=[...])``): the same update times, but each update of sub-net
+k runs `keras_ast.nm.update_masks` with its pattern: the fraction of N:M-sparse groups follows
+the cubic ramp 0 -> 1 (`schedules.CubicGroupFraction`), groups are chosen by magnitude score,
+and death/regrowth (ratio r) happens inside the N:M-sparse groups, keeping every group's count.
+N:M sub-nets start dense (``initial_sparsity=0``) and prune independently ("nondisjoint").
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import numpy as np
 from keras import ops
 
 from keras_ast import masks as mask_lib
+from keras_ast import nm as nm_lib
 from keras_ast import schedules
 
 MODES = ("nondisjoint", "subset")
@@ -129,10 +136,17 @@ class PruneRegrow(keras.callbacks.Callback):
         end_step = self.end_step
         if end_step is None:
             end_step = max(self.begin_step + 1, round(0.6875 * total_steps))
-        self.schedules = schedules.staggered_schedules(
-            self.initial_sparsity, model.sparsities, self.begin_step, end_step,
-            self.frequency, self.adjustment_period,
-        )
+        if model.nm_patterns is not None:
+            self._check_nm_settings()
+            self.schedules = schedules.staggered_group_fractions(
+                model.num_subnets, self.begin_step, end_step, self.frequency,
+                self.adjustment_period,
+            )
+        else:
+            self.schedules = schedules.staggered_schedules(
+                self.initial_sparsity, model.sparsities, self.begin_step, end_step,
+                self.frequency, self.adjustment_period,
+            )
         if self.initial_sparsity > model.sparsities[0]:
             raise ValueError(
                 f"initial_sparsity {self.initial_sparsity} exceeds the densest sub-net's target "
@@ -152,6 +166,18 @@ class PruneRegrow(keras.callbacks.Callback):
                     f"adjustment_period ({self.adjustment_period}), or train longer"
                 )
         self.total_steps_planned = total_steps
+
+    def _check_nm_settings(self):
+        patterns = ", ".join(map(str, self.model.nm_patterns))
+        if self.initial_sparsity > 0.0:
+            raise ValueError(
+                f"N:M sub-nets ({patterns}) start dense and ramp to their pattern; "
+                f"initial_sparsity must be 0, got {self.initial_sparsity}"
+            )
+        if self.mode != "nondisjoint":
+            raise ValueError(
+                f"N:M sub-nets ({patterns}) support mode='nondisjoint' only, got {self.mode!r}"
+            )
 
     def signature(self):
         """What the compiled step depends on (a new value forces a new trace)."""
@@ -174,8 +200,10 @@ class PruneRegrow(keras.callbacks.Callback):
         if logs is not None:
             logs.update({f"sparsity_{k}": v for k, v in values.items()})
         if self.verbose:
+            patterns = self.model.nm_patterns
             text = ", ".join(
-                f"sub-net {k}: {100 * v:.2f}% (target {100 * self.model.sparsities[k]:.1f}%)"
+                f"sub-net {k}{'' if patterns is None else f' ({patterns[k]})'}: "
+                f"{100 * v:.2f}% (target {100 * self.model.sparsities[k]:.1f}%)"
                 for k, v in values.items()
             )
             print(f"Epoch {epoch + 1} sparsity: {text}")
@@ -216,17 +244,20 @@ class PruneRegrow(keras.callbacks.Callback):
         grads = [ops.cast(g, w.dtype) for g, w in zip(dense_grads, weights)]
         rows = [[ops.cast(layer.masks[j], w.dtype) for j in range(K)]
                 for layer, w in zip(layers, weights)]
-        sparsity = ops.take(ops.stack([s.sparsity(step) for s in self.schedules]), subnet)
-        density = 1.0 - sparsity
+        # The schedules' value at this step: the sparsity, or for N:M the fraction of groups.
+        target = ops.take(ops.stack([s.sparsity(step) for s in self.schedules]), subnet)
         ratio = self.ratio_schedule(step)
-        current = [ops.take(layer.masks, subnet, axis=0) for layer in layers]
-        pruned = mask_lib.global_magnitude_prune(weights, current, density)
-        new = [mask_lib.death_regrow(w, m, g, ratio) for w, m, g in zip(weights, pruned, grads)]
-        if self.mode == "subset" and K > 1:
-            parent = [ops.take(layer.masks, ops.maximum(subnet - 1, 0), axis=0)
-                      for layer in layers]
-            within = mask_lib.global_magnitude_prune(weights, parent, density)
-            new = [ops.where(subnet > 0, b, a) for a, b in zip(new, within)]
+        current = [ops.cast(ops.take(layer.masks, subnet, axis=0), w.dtype)
+                   for layer, w in zip(layers, weights)]
+        if model.nm_patterns is not None:
+            # One branch per sub-net: each pattern has its own (static) group shape.
+            branches = [
+                lambda p=p: nm_lib.update_masks(weights, current, grads, p, target, ratio)
+                for p in model.nm_patterns
+            ]
+            new = ops.switch(subnet, branches)
+        else:
+            new = self._unstructured_masks(model, subnet, weights, current, grads, target, ratio)
         for i in range(len(layers)):
             for j in range(K):
                 rows[i][j] = ops.where(subnet == j, new[i], rows[i][j])
@@ -239,3 +270,16 @@ class PruneRegrow(keras.callbacks.Callback):
                     rows[i][j] = ops.where(subnet < j, nested[i], rows[i][j])
         for layer, layer_rows in zip(layers, rows):
             layer.masks.assign(ops.cast(ops.stack(layer_rows), layer.masks.dtype))
+
+    def _unstructured_masks(self, model, subnet, weights, current, grads, sparsity, ratio):
+        """Steps A (global magnitude, to `sparsity`) and B (death/regrow) of the module
+        docstring for sub-net `subnet` (in subset mode, k > 0 prunes within its parent)."""
+        density = 1.0 - sparsity
+        pruned = mask_lib.global_magnitude_prune(weights, current, density)
+        new = [mask_lib.death_regrow(w, m, g, ratio) for w, m, g in zip(weights, pruned, grads)]
+        if self.mode == "subset" and model.num_subnets > 1:
+            parent = [ops.take(layer.masks, ops.maximum(subnet - 1, 0), axis=0)
+                      for layer in model.sparse_layers]
+            within = mask_lib.global_magnitude_prune(weights, parent, density)
+            new = [ops.where(subnet > 0, b, a) for a, b in zip(new, within)]
+        return new

@@ -3,6 +3,9 @@
 The exported model has only stock Keras layers: every sparse layer becomes its plain Keras
 class with kernel ``W * m_k`` (so its kernels hold real zeros), every switchable BatchNorm
 becomes a plain BatchNormalization with copy k. It needs keras_ast neither to load nor to run.
+
+For N:M sub-nets, `export_subnet` checks the folded kernels against the sub-net's pattern
+(`check_nm`, also importable from here) and refuses to write an export that breaks it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import keras
 import numpy as np
 
 from keras_ast import layers as ast_layers
+from keras_ast.nm import check_nm
 
 _PLAIN = {sparse: plain for plain, sparse in ast_layers.SPARSE_EQUIVALENT.items()}
 _PLAIN[ast_layers.SwitchableBatchNormalization] = keras.layers.BatchNormalization
@@ -55,10 +59,24 @@ def export_subnet(model, subnet: int, path: str) -> str:
     ``loaded = tf.saved_model.load(path); loaded.serve(x)``). Its kernels are ``W * m_k``, as
     sparse as the sub-net. It is written under a temporary name and renamed, so a crash never
     leaves a half-written export at `path`.
+
+    Raises:
+      ValueError: `model` has N:M sub-nets and a prunable kernel of sub-net `subnet` breaks its
+        pattern (nothing is written then).
     """
+    plain = subnet_model(model, subnet)
+    if model.nm_patterns is not None:
+        pattern = model.nm_patterns[subnet]
+        results = check_nm(plain, pattern, layers=[layer.name for layer in model.sparse_layers])
+        bad = {name: r.violating_groups for name, r in results.items() if not r.satisfied}
+        if bad:
+            raise ValueError(
+                f"sub-net {subnet}'s kernels break its {pattern} pattern (zeros notation) in "
+                f"{len(bad)} layers (violating groups: {bad}); nothing was exported to {path}"
+            )
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    subnet_model(model, subnet).export(tmp, verbose=False)
+    plain.export(tmp, verbose=False)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path

@@ -29,6 +29,7 @@ from keras import ops
 
 from keras_ast import correction, cost
 from keras_ast import layers as ast_layers
+from keras_ast import nm as nm_lib
 from keras_ast import sparsify as sparsify_lib
 from keras_ast.optimizers import SGD
 
@@ -66,18 +67,24 @@ class ASTModel(keras.Model):
     Args:
       network: a model made by `keras_ast.sparsify` with ``K = len(sparsities)`` sub-nets.
       sparsities: target sparsity of each sub-net over the prunable kernels, strictly
-        increasing (sub-net 0 is the densest), each in [0, 1).
+        increasing (sub-net 0 is the densest), each in [0, 1). May be left out when `nm` is
+        given.
       gc: gradient correction scope: "layerwise" (default), "global" or "off".
       gc_reference: "corrected" (default: h is the gradient actually applied at the previous
         step) or "raw" (h is the previous gradient before its own correction).
       training: "alternating" (AST: step t trains sub-net t mod K; with K = 1 this is plain
         GraNet-style individual sparse training) or "joint" (S-Net style baseline: every step
         runs all K sub-nets on the batch, sums their losses and takes one optimizer step; no GC).
+      nm: N:M structured sub-nets instead of unstructured ones: one `keras_ast.NMPattern` per
+        sub-net (zeros notation, e.g. ``keras_ast.parse_nm_list("2:4,3:4", counts="zeros")``),
+        strictly increasing in sparsity; sub-net k then targets sparsity N/M, and
+        `PruneRegrow` ramps it to the pattern (`keras_ast.nm`). All sub-nets are N:M or none.
     """
 
-    def __init__(self, network, sparsities, gc="layerwise", gc_reference="corrected",
-                 training="alternating", **kwargs):
+    def __init__(self, network, sparsities=None, gc="layerwise", gc_reference="corrected",
+                 training="alternating", nm=None, **kwargs):
         super().__init__(**kwargs)
+        sparsities, self.nm_patterns = nm_lib.resolve_targets(sparsities, nm)
         self.sparsities = check_sparsities(sparsities)
         correction.check_mode(gc, gc_reference)
         if training not in TRAINING_MODES:
@@ -110,6 +117,8 @@ class ASTModel(keras.Model):
                     f"layer {layer.name!r} has {layer.num_subnets} sub-nets but "
                     f"{self.num_subnets} sparsities were given"
                 )
+        if self.nm_patterns is not None:
+            nm_lib.warn_short_groups(self.sparse_layers, self.nm_patterns)
         self.iteration = self.add_weight(
             name="iteration", shape=(), dtype="int64", initializer="zeros", trainable=False,
             aggregation="only_first_replica",
@@ -148,13 +157,16 @@ class ASTModel(keras.Model):
         self.built = True
 
     @classmethod
-    def from_model(cls, model, sparsities, prunable=None, dense_layers=(), switchable_bn=None,
-                   gc="layerwise", gc_reference="corrected", training="alternating", **kwargs):
+    def from_model(cls, model, sparsities=None, prunable=None, dense_layers=(),
+                   switchable_bn=None, gc="layerwise", gc_reference="corrected",
+                   training="alternating", nm=None, **kwargs):
         """Makes an ASTModel from an ordinary functional or Sequential Keras model.
 
         See `keras_ast.sparsify` for `prunable`, `dense_layers` and `switchable_bn`; the other
-        arguments are the constructor's. `model` itself is not modified.
+        arguments are the constructor's (give `sparsities` or `nm`). `model` itself is not
+        modified.
         """
+        sparsities, nm = nm_lib.resolve_targets(sparsities, nm)
         sparsities = check_sparsities(sparsities)
         correction.check_mode(gc, gc_reference)
         network = sparsify_lib.sparsify(
@@ -162,7 +174,7 @@ class ASTModel(keras.Model):
             switchable_bn=switchable_bn,
         )
         return cls(network, sparsities, gc=gc, gc_reference=gc_reference, training=training,
-                   **kwargs)
+                   nm=nm, **kwargs)
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -392,6 +404,8 @@ class ASTModel(keras.Model):
             "gc": self.gc,
             "gc_reference": self.gc_reference,
             "training": self.training_mode,
+            "nm": None if self.nm_patterns is None else [p.get_config()
+                                                         for p in self.nm_patterns],
         }
 
     @classmethod

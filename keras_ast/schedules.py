@@ -1,4 +1,5 @@
-"""Schedules: gradual cubic sparsity per sub-net, cosine-decaying regrow ratio, update timing.
+"""Schedules: gradual cubic sparsity per sub-net, cosine-decaying regrow ratio, update timing,
+and the cubic ramp of the fraction of N:M-sparse groups (N:M sub-nets).
 
 Schedule objects are small and serialisable (like tfmot's `PolynomialDecay`): their methods take
 a step (a Python int or a scalar tensor) and return keras.ops values, so the same object drives
@@ -51,10 +52,12 @@ class CubicSparsity(_Schedule):
       offset: shift of this schedule's update times (the staggering between sub-nets).
     """
 
+    _final_may_be_one = False  # a sparsity of 1 (an empty sub-net) makes no sense
+
     def __init__(self, initial_sparsity, final_sparsity, begin_step, end_step, frequency,
                  offset=0):
         _check_fraction("initial_sparsity", initial_sparsity)
-        _check_fraction("final_sparsity", final_sparsity)
+        _check_fraction("final_sparsity", final_sparsity, upper_open=not self._final_may_be_one)
         if final_sparsity < initial_sparsity:
             raise ValueError(
                 f"final_sparsity ({final_sparsity}) must be >= initial_sparsity "
@@ -124,6 +127,29 @@ class CubicSparsity(_Schedule):
         }
 
 
+class CubicGroupFraction(CubicSparsity):
+    """Fraction of a sub-net's weight groups that are N:M-sparse (`keras_ast.nm`).
+
+    The same cubic ramp and update times as `CubicSparsity`, from 0 to 1: at update j the
+    fraction is ``1 - (1 - p_j)^3``, and every group is N:M-sparse from the first update at or
+    after ``end_step + offset`` on.
+    """
+
+    _final_may_be_one = True
+
+    def __init__(self, begin_step, end_step, frequency, offset=0):
+        super().__init__(0.0, 1.0, begin_step, end_step, frequency, offset=offset)
+
+    def fraction(self, step):
+        """Fraction of N:M-sparse groups after the last update at or before `step` (float32)."""
+        return self.sparsity(step)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["initial_sparsity"], config["final_sparsity"]
+        return config
+
+
 class CosineDecay(_Schedule):
     """Cosine decay from `initial` to `final` over `decay_steps`, then constant at `final`.
 
@@ -148,16 +174,9 @@ class CosineDecay(_Schedule):
         return {"initial": self.initial, "final": self.final, "decay_steps": self.decay_steps}
 
 
-def staggered_schedules(initial_sparsity, sparsities, begin_step, end_step, frequency,
-                        adjustment_period):
-    """One `CubicSparsity` per sub-net, sub-net k shifted by ``k * adjustment_period``.
-
-    Raises ValueError if two sub-nets would be scheduled to update at the same step: the K
-    shifts must be distinct modulo `frequency`, which holds iff ``adjustment_period >= 1`` and
-    ``(K - 1) * adjustment_period < frequency``; and if `frequency` < K (then a sub-net, which
-    runs every K-th step, could miss updates).
-    """
-    num = len(sparsities)
+def _staggered_offsets(num, frequency, adjustment_period):
+    """Update-time shifts ``k * adjustment_period`` of `num` sub-nets, checked as in
+    `staggered_schedules`."""
     if num > 1:
         if not (isinstance(adjustment_period, int) and adjustment_period >= 1):
             raise ValueError(
@@ -173,8 +192,28 @@ def staggered_schedules(initial_sparsity, sparsities, begin_step, end_step, freq
             )
     if frequency < num:
         raise ValueError(f"update frequency {frequency} must be >= the number of sub-nets {num}")
+    return [k * (adjustment_period if num > 1 else 0) for k in range(num)]
+
+
+def staggered_schedules(initial_sparsity, sparsities, begin_step, end_step, frequency,
+                        adjustment_period):
+    """One `CubicSparsity` per sub-net, sub-net k shifted by ``k * adjustment_period``.
+
+    Raises ValueError if two sub-nets would be scheduled to update at the same step: the K
+    shifts must be distinct modulo `frequency`, which holds iff ``adjustment_period >= 1`` and
+    ``(K - 1) * adjustment_period < frequency``; and if `frequency` < K (then a sub-net, which
+    runs every K-th step, could miss updates).
+    """
+    offsets = _staggered_offsets(len(sparsities), frequency, adjustment_period)
     return [
-        CubicSparsity(initial_sparsity, s, begin_step, end_step, frequency,
-                      offset=k * (adjustment_period if num > 1 else 0))
-        for k, s in enumerate(sparsities)
+        CubicSparsity(initial_sparsity, s, begin_step, end_step, frequency, offset=offset)
+        for s, offset in zip(sparsities, offsets)
+    ]
+
+
+def staggered_group_fractions(num_subnets, begin_step, end_step, frequency, adjustment_period):
+    """One `CubicGroupFraction` per N:M sub-net, with `staggered_schedules`' update times."""
+    return [
+        CubicGroupFraction(begin_step, end_step, frequency, offset=offset)
+        for offset in _staggered_offsets(num_subnets, frequency, adjustment_period)
     ]

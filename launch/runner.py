@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -10,7 +11,10 @@ import tensorflow as tf
 
 import keras_ast
 from keras_ast import data as data_lib
-from keras_ast import export, models
+from keras_ast import export, models, nm
+
+NM_NOTATION = ("N:M = N zeros in every group of M consecutive input channels (the AST "
+               "paper's notation; NVIDIA's N counts non-zeros)")
 
 
 def learning_rate(flags, steps_per_epoch):
@@ -53,14 +57,22 @@ def _one_hot(num_classes, smoothing):
     )
 
 
-def train_ast(flags, sparsities, train, steps_per_epoch, info, loss, training="alternating"):
-    """Builds, compiles and fits one ASTModel with the given sparsities."""
+def nm_patterns(flags):
+    """The --nm patterns (keras_ast.NMPattern, zeros notation), or None."""
+    if getattr(flags, "nm", None) is None:
+        return None
+    return nm.parse_nm_list(flags.nm, counts=flags.nm_counts)
+
+
+def train_ast(flags, sparsities, train, steps_per_epoch, info, loss, training="alternating",
+              patterns=None):
+    """Builds, compiles and fits one ASTModel with the given sparsities (N:M `patterns`)."""
     plain = models.get_model(flags.model, num_classes=info.num_classes,
                              input_shape=info.image_shape)
     model = keras_ast.ASTModel.from_model(
         plain, sparsities, dense_layers=models.dense_layers(flags.model),
         gc="off" if training == "joint" else flags.gc, gc_reference=flags.gc_reference,
-        training=training,
+        training=training, nm=patterns,
     )
     model.compile(
         optimizer=keras_ast.SGD(learning_rate(flags, steps_per_epoch), momentum=flags.momentum,
@@ -86,12 +98,14 @@ def run(flags, sparsities):
         raise ValueError("the training set has no known length")
     os.makedirs(flags.output_dir, exist_ok=True)
     export_dir = os.path.join(flags.output_dir, "export")
+    patterns = nm_patterns(flags)
     if flags.mode in ("ast", "joint"):
         training = "joint" if flags.mode == "joint" else "alternating"
-        runs = [(train_ast(flags, sparsities, train, steps_per_epoch, info, loss, training),
-                 None)]
+        runs = [(train_ast(flags, sparsities, train, steps_per_epoch, info, loss, training,
+                           patterns), None)]
     else:  # individual: one K=1 run per sparsity, exported as subnet_<k>
-        runs = [(train_ast(flags, [s], train, steps_per_epoch, info, loss), k)
+        runs = [(train_ast(flags, [s], train, steps_per_epoch, info, loss,
+                           patterns=None if patterns is None else [patterns[k]]), k)
                 for k, s in enumerate(sparsities)]
     entries = []
     total_flops = 0.0
@@ -114,6 +128,7 @@ def run(flags, sparsities):
                 "training_flops": flops[k],
                 "loss": metrics["loss"],
                 "export_path": path,
+                **_nm_entry(model, k, path),
             })
         name = "model.keras" if index is None else f"model_subnet{index}.keras"
         model.save(os.path.join(flags.output_dir, name))
@@ -130,6 +145,8 @@ def run(flags, sparsities):
                                  * runs[0][0].training_flops["dense_example"]),
         "subnets": entries,
     }
+    if patterns is not None:
+        summary["nm_notation"] = NM_NOTATION
     path = os.path.join(flags.output_dir, "summary.json")
     with open(path + ".tmp", "w") as f:
         json.dump(summary, f, indent=2)
@@ -137,16 +154,44 @@ def run(flags, sparsities):
     return summary
 
 
+def _nm_entry(model, k, path):
+    """summary.json fields of N:M sub-net k: its pattern and the checker's verdict on the
+    exported SavedModel's prunable kernels."""
+    if model.nm_patterns is None:
+        return {}
+    pattern = model.nm_patterns[k]
+    results = nm.check_nm(path, pattern, layers=[layer.name for layer in model.sparse_layers])
+    return {
+        "nm_pattern": {"pattern": str(pattern), "zeros": pattern.zeros,
+                       "nonzeros": pattern.nonzeros, "group": pattern.group},
+        "nm_check": {
+            "satisfied": all(r.satisfied for r in results.values()),
+            "violating_groups": sum(r.violating_groups for r in results.values()),
+            "groups": sum(r.groups for r in results.values()),
+            "layers": {name: dataclasses.asdict(r) for name, r in results.items()},
+        },
+    }
+
+
 def format_table(summary):
     """The per-sub-net result table printed at the end of a run."""
-    rows = [f"{'sub-net':>7} {'target':>8} {'measured':>9} {'overall':>8} {'accuracy':>9} "
-            f"{'train FLOPs':>12}"]
+    structured = "nm_notation" in summary
+    nm_head = f" {'N:M':>6} {'N:M check':>10}" if structured else ""
+    rows = [f"{'sub-net':>7}{nm_head} {'target':>8} {'measured':>9} {'overall':>8} "
+            f"{'accuracy':>9} {'train FLOPs':>12}"]
     for e in summary["subnets"]:
+        nm_cols = ""
+        if structured:
+            check = e["nm_check"]
+            verdict = "ok" if check["satisfied"] else f"{check['violating_groups']} bad"
+            nm_cols = f" {e['nm_pattern']['pattern']:>6} {verdict:>10}"
         rows.append(
-            f"{e['subnet']:>7} {100 * e['target_sparsity']:7.2f}% "
+            f"{e['subnet']:>7}{nm_cols} {100 * e['target_sparsity']:7.2f}% "
             f"{100 * e['measured_sparsity']:8.2f}% {100 * e['overall_sparsity']:7.2f}% "
             f"{100 * e['accuracy']:8.2f}% {e['training_flops']:12.4g}"
         )
+    if structured:
+        rows.append(summary["nm_notation"])
     total, dense = summary["training_flops"], summary["dense_training_flops"]
     rows.append(f"training FLOPs ({summary['mode']}): {total:.4g} in all; the same steps "
                 f"trained dense: {dense:.4g} ({total / dense:.3f}x)")

@@ -58,6 +58,16 @@ flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0 silent, 1 progress bar, 2 a line "
                      "per epoch).")
 
+# --- N:M structured sub-nets (keras_ast.nm) -----------------------------------------------------
+NM_COUNTS = ("zeros", "nonzeros")
+flags.DEFINE_list("nm", None,
+                  "N:M structured sub-nets instead of --sparsities, one pattern per sub-net, "
+                  "strictly increasing in sparsity, e.g. 2:4,3:4,7:8,15:16. Needs --nm_counts.")
+flags.DEFINE_string("nm_counts", None,
+                    "What N counts in --nm (required with it): zeros (the AST paper's notation: "
+                    "2:4,3:4,7:8,15:16 = 50/75/87.5/93.75% sparse) or nonzeros (NVIDIA's: "
+                    "2:4,1:4,1:8,1:16 are the same patterns). Outputs use the zeros notation.")
+
 
 class FlagError(ValueError):
     """A bad flag value, reported as one line before anything is built."""
@@ -94,7 +104,36 @@ def check_flags():
     if FLAGS.mode == "joint" and FLAGS["gc"].present and FLAGS.gc != "off":
         raise FlagError(f"--gc={FLAGS.gc} needs alternating training; --mode=joint sums all "
                         "sub-nets' gradients in one step (leave --gc out or set --gc=off)")
+    if FLAGS.nm is not None or FLAGS.nm_counts is not None:
+        return [p.sparsity for p in check_nm_flags()]
     return sparsities
+
+
+def check_nm_flags():
+    """Validates --nm / --nm_counts; returns the patterns (keras_ast.NMPattern)."""
+    from keras_ast.nm import parse_nm_list
+
+    if FLAGS.nm is None:
+        raise FlagError(f"--nm_counts={FLAGS.nm_counts} is given without --nm")
+    text = ",".join(FLAGS.nm)
+    if FLAGS.nm_counts is None:
+        raise FlagError(f"--nm={text} needs --nm_counts=zeros (N zeros in every group of M, the "
+                        "paper's notation) or --nm_counts=nonzeros (N non-zeros, NVIDIA's)")
+    if FLAGS.nm_counts not in NM_COUNTS:
+        raise FlagError(f"unknown --nm_counts={FLAGS.nm_counts!r}; use zeros or nonzeros")
+    if FLAGS["sparsities"].present:
+        raise FlagError(f"--nm={text} sets the sub-nets' sparsities (N/M); leave out "
+                        f"--sparsities={','.join(FLAGS.sparsities)}")
+    try:
+        patterns = parse_nm_list(FLAGS.nm, counts=FLAGS.nm_counts)
+    except ValueError as error:
+        raise FlagError(f"--nm={text} --nm_counts={FLAGS.nm_counts}: {error}") from None
+    if FLAGS.initial_sparsity != 0.0:
+        raise FlagError(f"--nm sub-nets start dense: --initial_sparsity must be 0, got "
+                        f"{FLAGS.initial_sparsity}")
+    if FLAGS.prune_mode != "nondisjoint":
+        raise FlagError(f"--nm supports --prune_mode=nondisjoint only, got {FLAGS.prune_mode}")
+    return patterns
 
 
 def main(argv):
