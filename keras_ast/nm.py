@@ -313,8 +313,10 @@ class NMCheck:
 def check_kernel(kernel, pattern: NMPattern) -> NMCheck:
     """Checks one kernel (any Keras layout: input channels on the axis before the last)."""
     kernel = np.asarray(kernel)
-    groups = ops.convert_to_numpy(to_groups((kernel != 0).astype("int32"), pattern.group))
-    size = ops.convert_to_numpy(to_groups(np.ones(kernel.shape, "int32"), pattern.group))
+    # float32 0/1 (exact counts): an int32 transpose goes through oneDNN, which logs an
+    # error-level line on CPUs without AVX-512 before falling back.
+    groups = ops.convert_to_numpy(to_groups((kernel != 0).astype("float32"), pattern.group))
+    size = ops.convert_to_numpy(to_groups(np.ones(kernel.shape, "float32"), pattern.group))
     allowed = np.minimum(size.sum(-1), pattern.nonzeros)
     violating = int((groups.sum(-1) > allowed).sum())
     return NMCheck(violating == 0, int(groups.shape[0]), violating)
