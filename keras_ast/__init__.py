@@ -22,6 +22,7 @@ from keras_ast.layers import (  # noqa: E402
     SwitchableBatchNormalization,
 )
 from keras_ast.model import ASTModel  # noqa: E402
+from keras_ast.monitor import RunRecorder, SubnetValidation  # noqa: E402
 from keras_ast.optimizers import SGD  # noqa: E402
 from keras_ast.schedules import CosineDecay, CubicSparsity  # noqa: E402
 from keras_ast.sparsify import sparsify  # noqa: E402
@@ -32,10 +33,12 @@ __all__ = [
     "CosineDecay",
     "CubicSparsity",
     "PruneRegrow",
+    "RunRecorder",
     "SGD",
     "SparseConv2D",
     "SparseDense",
     "SparseDepthwiseConv2D",
+    "SubnetValidation",
     "SwitchableBatchNormalization",
     "sparsify",
 ]
