@@ -13,6 +13,10 @@ One training step (DESIGN.md section 2), all inside the compiled function:
    all but the first sub-net of each group of K steps.
 5. ``optimizer.apply``; BN copies of other sub-nets are left alone with `keras_ast.SGD`.
 
+Monitoring (all cheap, inside the step): sub-net k's own loss and compiled metrics
+(``loss_k``, ``<metric>_k``, `SubnetMetrics`), its training FLOPs and examples, and for k >= 1
+the gradient-correction counts (`gradient_statistics`).
+
 Entries of the shared kernel outside m_k get no gradient from sub-net k; the shared momentum
 and (coupled) weight decay still act on them, since they belong to the shared weights, not to
 one sub-net (with momentum 0 and no weight decay, a step of sub-net k leaves them unchanged).
@@ -30,8 +34,8 @@ from keras import ops
 from keras_ast import correction, cost
 from keras_ast import layers as ast_layers
 from keras_ast import sparsify as sparsify_lib
-from keras_ast.subnet_metrics import SubnetMetrics
 from keras_ast.optimizers import SGD
+from keras_ast.subnet_metrics import SubnetMetrics
 
 
 TRAINING_MODES = ("alternating", "joint")
