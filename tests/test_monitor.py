@@ -141,7 +141,8 @@ def test_subnet_validation_and_run_recorder(digits, tmp_path):
                     (event.step, float(tf.make_ndarray(value.tensor))))
     name = model.sparse_layers[0].name
     assert [s for s, _ in tags[f"epoch_sparsity_1/{name}"]] == [0, 1, 2]
-    assert tags[f"epoch_sparsity_1/{name}"][-1][1] == pytest.approx(lines[2]["layer_sparsity"][1][name])
+    assert tags[f"epoch_sparsity_1/{name}"][-1][1] == pytest.approx(
+        lines[2]["layer_sparsity"][1][name])
     assert tags["epoch_gc_corrected"][-1][1] == pytest.approx(
         lines[2]["gc"]["1"]["corrected_steps"] / 3)
 
