@@ -22,6 +22,7 @@ from keras_ast.layers import (  # noqa: E402
     SwitchableBatchNormalization,
 )
 from keras_ast.model import ASTModel  # noqa: E402
+from keras_ast.monitor import RunRecorder, SubnetValidation  # noqa: E402
 from keras_ast.nm import NMPattern, parse_nm, parse_nm_list  # noqa: E402
 from keras_ast.optimizers import SGD  # noqa: E402
 from keras_ast.schedules import CosineDecay, CubicGroupFraction, CubicSparsity  # noqa: E402
@@ -35,10 +36,12 @@ __all__ = [
     "CubicSparsity",
     "NMPattern",
     "PruneRegrow",
+    "RunRecorder",
     "SGD",
     "SparseConv2D",
     "SparseDense",
     "SparseDepthwiseConv2D",
+    "SubnetValidation",
     "SwitchableBatchNormalization",
     "parse_nm",
     "parse_nm_list",

@@ -6,7 +6,8 @@ point DESIGN.md gives them: after the gradients, before masking, gradient correc
 optimizer step, using the active sub-net's dense gradient for regrowth. The schedules (which
 step, what sparsity, what regrow ratio) are small Python objects evaluated in the graph, so the
 step never retraces. At each epoch end the callback adds each sub-net's measured sparsity to
-the logs (``sparsity_k``), so it shows in the progress bar and in ``History``.
+the logs (``sparsity_k``) and the current regrow ratio (``regrow_ratio``), so they show in the
+progress bar, in ``History`` and in a TensorBoard callback placed after it.
 
 Update timing: sub-net k's j-th update is scheduled at ``begin_step + k * adjustment_period +
 j * frequency`` and carried out at the first step at or after that where sub-net k is the
@@ -199,6 +200,7 @@ class PruneRegrow(keras.callbacks.Callback):
         values = {k: self.model.subnet_sparsity(k) for k in range(self.model.num_subnets)}
         if logs is not None:
             logs.update({f"sparsity_{k}": v for k, v in values.items()})
+            logs["regrow_ratio"] = self.current_regrow_ratio()
         if self.verbose:
             patterns = self.model.nm_patterns
             text = ", ".join(
@@ -207,6 +209,12 @@ class PruneRegrow(keras.callbacks.Callback):
                 for k, v in values.items()
             )
             print(f"Epoch {epoch + 1} sparsity: {text}")
+
+    def current_regrow_ratio(self, step=None):
+        """The death/regrow fraction r at `step` (default: the last step trained)."""
+        if step is None:
+            step = max(int(self.model.iteration.numpy()) - 1, 0)
+        return float(ops.convert_to_numpy(self.ratio_schedule(step)))
 
     def _initial_masks(self):
         rng = np.random.default_rng(self.seed)

@@ -40,11 +40,14 @@ def check_mode(scope, reference="corrected"):
 
 @dataclasses.dataclass
 class GCStats:
-    """Per-step statistics: share of conflicting (corrected) kernels or vectors, in [0, 1], and
-    the cosine between g and h (mean over kernels for layerwise)."""
+    """Per-step statistics: share of conflicting (corrected) kernels or vectors, in [0, 1], the
+    cosine between g and h (mean over kernels for layerwise), and how many of the inner products
+    g.h (one per kernel for layerwise, one for global) were negative and positive."""
 
     conflict: object
     cosine: object
+    negative: object = None
+    positive: object = None
 
 
 def project(grads, refs, scope="layerwise", enabled=True, masks=None):
@@ -60,27 +63,27 @@ def project(grads, refs, scope="layerwise", enabled=True, masks=None):
         `refs` are already restricted.
 
     Returns:
-      (corrected gradients, GCStats); the statistics are 0 when not enabled.
+      (corrected gradients, GCStats); the statistics are float32 scalars, 0 when not enabled.
     """
     if scope not in ("layerwise", "global"):
         raise ValueError(f"scope must be 'layerwise' or 'global', got {scope!r}")
     grads, refs = list(grads), list(refs)
     if isinstance(enabled, bool):
         if not enabled:
-            return grads, GCStats(conflict=ops.zeros(()), cosine=ops.zeros(()))
-        corrected, conflict, cosine = _project(grads, refs, masks, scope)
-        return corrected, GCStats(conflict=conflict, cosine=cosine)
+            return grads, GCStats(*[ops.zeros((), "float32")] * 4)
+        corrected, stats = _project(grads, refs, masks, scope)
+        return corrected, GCStats(*stats)
     count = len(grads)
 
     def on():
-        corrected, conflict, cosine = _project(grads, refs, masks, scope)
-        return corrected + [conflict, cosine]
+        corrected, stats = _project(grads, refs, masks, scope)
+        return corrected + list(stats)
 
     def off():
-        return grads + [ops.zeros((), "float32"), ops.zeros((), "float32")]
+        return grads + [ops.zeros((), "float32")] * 4
 
     outputs = ops.cond(ops.convert_to_tensor(enabled), on, off)
-    return list(outputs[:count]), GCStats(conflict=outputs[count], cosine=outputs[count + 1])
+    return list(outputs[:count]), GCStats(*outputs[count:])
 
 
 def _project(grads, refs, masks, scope):
@@ -104,5 +107,7 @@ def _project(grads, refs, masks, scope):
         corrected = [g - coefs[i] * h for i, (g, h) in enumerate(zip(grads, refs))]
     denom = ops.sqrt(ref_norms * grad_norms)
     cosines = ops.where(denom > 0, dots / ops.where(denom > 0, denom, 1.0), 0.0)
-    return (corrected, ops.cast(ops.mean(ops.cast(conflict, "float32")), "float32"),
-            ops.cast(ops.mean(cosines), "float32"))
+    conflict = ops.cast(conflict, "float32")
+    stats = (ops.mean(conflict), ops.cast(ops.mean(cosines), "float32"), ops.sum(conflict),
+             ops.sum(ops.cast(dots > 0, "float32")))
+    return corrected, stats

@@ -13,6 +13,10 @@ One training step (DESIGN.md section 2), all inside the compiled function:
    all but the first sub-net of each group of K steps.
 5. ``optimizer.apply``; BN copies of other sub-nets are left alone with `keras_ast.SGD`.
 
+Monitoring (all cheap, inside the step): sub-net k's own loss and compiled metrics
+(``loss_k``, ``<metric>_k``, `SubnetMetrics`), its training FLOPs and examples, and for k >= 1
+the gradient-correction counts (`gradient_statistics`).
+
 Entries of the shared kernel outside m_k get no gradient from sub-net k; the shared momentum
 and (coupled) weight decay still act on them, since they belong to the shared weights, not to
 one sub-net (with momentum 0 and no weight decay, a step of sub-net k leaves them unchanged).
@@ -32,9 +36,12 @@ from keras_ast import layers as ast_layers
 from keras_ast import nm as nm_lib
 from keras_ast import sparsify as sparsify_lib
 from keras_ast.optimizers import SGD
+from keras_ast.subnet_metrics import SubnetMetrics
 
 
 TRAINING_MODES = ("alternating", "joint")
+# Columns of `ASTModel.gc_statistics` (row i: the steps of sub-net i, corrected against i - 1).
+GC_COLUMNS = ("steps", "corrected_steps", "products", "negative", "positive", "cosine_sum")
 
 
 def check_sparsities(sparsities) -> tuple[float, ...]:
@@ -148,10 +155,21 @@ class ASTModel(keras.Model):
             name="train_flops", shape=(self.num_subnets,), dtype="float64",
             initializer="zeros", trainable=False, aggregation="only_first_replica",
         )
+        self.train_examples = self.add_weight(
+            name="train_examples", shape=(self.num_subnets,), dtype="float64",
+            initializer="zeros", trainable=False, aggregation="only_first_replica",
+        )
         self._sparse_macs = [cost.layer_macs(layer) for layer in self.sparse_layers]
         self._dense_macs = cost.model_macs(network) - sum(self._sparse_macs)
         self.gc_conflict_tracker = keras.metrics.Mean(name="gc_conflict")
         self.gc_cosine_tracker = keras.metrics.Mean(name="gc_cosine")
+        # Gradient-correction counts since training began, one row per sub-net (GC_COLUMNS).
+        self.gc_statistics = self.add_weight(
+            name="gc_statistics", shape=(self.num_subnets, len(GC_COLUMNS)), dtype="float64",
+            initializer="zeros", trainable=False, aggregation="only_first_replica",
+        )
+        # loss_k and <metric>_k: each sub-net's training metrics, from its own steps only.
+        self.subnet_metrics = SubnetMetrics(self.num_subnets)
         self._pruner = None
         self._traced_pruner = None
         self.built = True
@@ -204,6 +222,26 @@ class ASTModel(keras.Model):
         result["dense_example"] = float(cost.FORWARD_BACKWARD * cost.FLOPS_PER_MAC * (
             self._dense_macs + sum(self._sparse_macs)))
         return result
+
+    @property
+    def training_examples(self):
+        """[examples trained by sub-net k, for each k] (joint training: every example, K times)."""
+        return [float(v) for v in ops.convert_to_numpy(self.train_examples)]
+
+    def gradient_statistics(self):
+        """Gradient-correction counts since training began: ``{i: {column: value}}`` for every
+        sub-net i >= 1, over its steps (each corrected against the previous sub-net, i - 1).
+
+        Columns: ``steps``; ``corrected_steps`` (steps where the gradient was changed: some
+        kernel, or the global vector, had g.h < 0); ``products`` (inner products g.h computed:
+        one per prunable kernel and step for ``gc="layerwise"``, one per step for "global");
+        ``negative`` / ``positive`` (how many of them were < 0 / > 0); ``cosine_sum`` (sum over
+        the steps of the step's cosine between g and h, mean over kernels for layerwise).
+        All zero when gradient correction is off.
+        """
+        table = ops.convert_to_numpy(self.gc_statistics)
+        return {i: {c: float(v) for c, v in zip(GC_COLUMNS, table[i])}
+                for i in range(1, self.num_subnets)}
 
     def _check_subnet(self, subnet):
         if not isinstance(subnet, int) or not 0 <= subnet < self.num_subnets:
@@ -260,14 +298,26 @@ class ASTModel(keras.Model):
             self.optimizer.build(self.trainable_variables)
         return super().make_train_function(force=force)
 
-    def _loss(self, x, y, sample_weight, training):
+    def _loss(self, x, y, sample_weight, training, subnet=None):
         y_pred = self(x, training=training)
         loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                  training=training)
         batch = ops.shape(tf.nest.flatten(x)[0])[0]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
+        if subnet is not None:  # training: sub-net `subnet`'s own loss and metrics
+            self.subnet_metrics.update_state(subnet, loss * replicas, batch, y, y_pred,
+                                             sample_weight)
         return y_pred, loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        # Keras builds its compiled metrics here first (symbolically, before any step): build
+        # the per-sub-net copies at the same time.
+        self.subnet_metrics.build_like(self._compile_metrics, y, y_pred)
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _training_only_metrics(self):
+        return (self.gc_conflict_tracker, self.gc_cosine_tracker, self.subnet_metrics)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -282,7 +332,7 @@ class ASTModel(keras.Model):
         for subnet in subnets:
             self.active_subnet.assign(subnet)
             with tf.GradientTape() as tape, ast_layers.recording_masked_kernels() as records:
-                y_pred, loss = self._loss(x, y, sample_weight, training=True)
+                y_pred, loss = self._loss(x, y, sample_weight, training=True, subnet=subnet)
                 loss = self.optimizer.scale_loss(loss)
             products = [product for _, product, _ in records]
             grads = tape.gradient(loss, variables + products)
@@ -346,8 +396,9 @@ class ASTModel(keras.Model):
         densities = [ops.cast(ops.mean(m), "float64") for m in masks]
         flops = cost.step_flops(ops.cast(batch, "float64"), float(self._dense_macs),
                                 [float(m) for m in self._sparse_macs], densities)
-        self.train_flops.assign_add(
-            ops.one_hot(subnet, self.num_subnets, dtype="float64") * flops)
+        one_hot = ops.one_hot(subnet, self.num_subnets, dtype="float64")
+        self.train_flops.assign_add(one_hot * flops)
+        self.train_examples.assign_add(one_hot * ops.cast(batch, "float64"))
         if self.uses_gc:
             refs = [ops.cast(h, g.dtype) for h, g in zip(self.gc_refs, masked)]
             enabled = subnet > 0
@@ -356,6 +407,10 @@ class ASTModel(keras.Model):
             weight = ops.cast(enabled, "float32")
             self.gc_conflict_tracker.update_state(stats.conflict, sample_weight=weight)
             self.gc_cosine_tracker.update_state(stats.cosine, sample_weight=weight)
+            products = 1 if self.gc == "global" else len(masked)
+            row = ops.stack([weight, ops.cast(stats.negative > 0, "float32"), weight * products,
+                             stats.negative, stats.positive, stats.cosine])
+            self.gc_statistics.assign_add(one_hot[:, None] * ops.cast(row, "float64")[None, :])
             stored = corrected if self.gc_reference == "corrected" else masked
             for ref, value in zip(self.gc_refs, stored):
                 ref.assign(ops.cast(value, ref.dtype))
@@ -370,9 +425,15 @@ class ASTModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self.active_subnet.assign(self.eval_subnet)
         y_pred, _ = self._loss(x, y, sample_weight, training=False)
-        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        # Gradient-correction statistics are training-only.
-        return {name: value for name, value in logs.items() if not name.startswith("gc_")}
+        self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        # Gradient-correction statistics and per-sub-net training metrics are training-only.
+        skip = self._training_only_metrics()
+        logs = {}
+        for metric in self.metrics:
+            if not any(metric is m for m in skip):
+                result = metric.result()
+                logs.update(result if isinstance(result, dict) else {metric.name: result})
+        return logs
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

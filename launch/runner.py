@@ -64,8 +64,21 @@ def nm_patterns(flags):
     return nm.parse_nm_list(flags.nm, counts=flags.nm_counts)
 
 
+def _monitor_callbacks(flags, test, run_dir):
+    """Per-sub-net validation, run records for launch.report and TensorBoard logs (in this
+    order: the TensorBoard callback writes the epoch logs the others filled)."""
+    log_dir = os.path.join(run_dir, "logs") if flags.tensorboard else None
+    callbacks = []
+    if flags.eval_every:
+        callbacks.append(keras_ast.SubnetValidation(test, frequency=flags.eval_every))
+    callbacks.append(keras_ast.RunRecorder(run_dir, log_dir=log_dir))
+    if log_dir is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
+    return callbacks
+
+
 def train_ast(flags, sparsities, train, steps_per_epoch, info, loss, training="alternating",
-              patterns=None):
+              patterns=None, callbacks=()):
     """Builds, compiles and fits one ASTModel with the given sparsities (N:M `patterns`)."""
     plain = models.get_model(flags.model, num_classes=info.num_classes,
                              input_shape=info.image_shape)
@@ -80,7 +93,8 @@ def train_ast(flags, sparsities, train, steps_per_epoch, info, loss, training="a
         loss=loss, metrics=["accuracy"], jit_compile=flags.jit_compile,
     )
     model.fit(train, epochs=flags.epochs, verbose=flags.verbose, shuffle=False,
-              callbacks=[_prune_callback(flags, len(sparsities), steps_per_epoch)])
+              callbacks=[_prune_callback(flags, len(sparsities), steps_per_epoch),
+                         *callbacks])
     return model
 
 
@@ -101,12 +115,16 @@ def run(flags, sparsities):
     patterns = nm_patterns(flags)
     if flags.mode in ("ast", "joint"):
         training = "joint" if flags.mode == "joint" else "alternating"
+        run_dirs = [flags.output_dir]
         runs = [(train_ast(flags, sparsities, train, steps_per_epoch, info, loss, training,
-                           patterns), None)]
+                           patterns, _monitor_callbacks(flags, test, flags.output_dir)), None)]
     else:  # individual: one K=1 run per sparsity, exported as subnet_<k>
+        run_dirs = [os.path.join(flags.output_dir, f"individual_{k}")
+                    for k in range(len(sparsities))]
         runs = [(train_ast(flags, [s], train, steps_per_epoch, info, loss,
-                           patterns=None if patterns is None else [patterns[k]]), k)
-                for k, s in enumerate(sparsities)]
+                           patterns=None if patterns is None else [patterns[k]],
+                           callbacks=_monitor_callbacks(flags, test, run_dir)), k)
+                for k, (s, run_dir) in enumerate(zip(sparsities, run_dirs))]
     entries = []
     total_flops = 0.0
     for model, index in runs:
@@ -144,6 +162,8 @@ def run(flags, sparsities):
         "dense_training_flops": (flags.epochs * steps_per_epoch * flags.batch_size
                                  * runs[0][0].training_flops["dense_example"]),
         "subnets": entries,
+        # RunRecorder's records (run.json, metrics.jsonl, masks.npz) for launch.report.
+        "run_dirs": run_dirs,
     }
     if patterns is not None:
         summary["nm_notation"] = NM_NOTATION

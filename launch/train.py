@@ -5,7 +5,8 @@
     python -m launch.train --helpfull
 
 Writes to --output_dir: summary.json (one entry per sub-net), export/subnet_<k>/ (SavedModels
-with the masks folded into the kernels) and model.keras (the whole ASTModel).
+with the masks folded into the kernels), model.keras (the whole ASTModel), the run records for
+`python -m launch.report` (run.json, metrics.jsonl, masks.npz) and TensorBoard logs (logs/).
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ flags.DEFINE_string("nm_counts", None,
                     "2:4,3:4,7:8,15:16 = 50/75/87.5/93.75% sparse) or nonzeros (NVIDIA's: "
                     "2:4,1:4,1:8,1:16 are the same patterns). Outputs use the zeros notation.")
 
+# Monitoring: per-sub-net validation, TensorBoard logs, run records for `python -m launch.report`.
+flags.DEFINE_integer("eval_every", 1, "Evaluate every sub-net on the test split every N epochs "
+                     "(and after the last), logged as val_<metric>_<k>; 0: never during training.")
+flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files to <output_dir>/logs.")
+
 
 class FlagError(ValueError):
     """A bad flag value, reported as one line before anything is built."""
@@ -99,6 +105,8 @@ def check_flags():
     for name in ("epochs", "batch_size"):
         if getattr(FLAGS, name) < 1:
             raise FlagError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
+    if FLAGS.eval_every < 0:
+        raise FlagError(f"--eval_every must be >= 0, got {FLAGS.eval_every}")
     if not 0.0 <= FLAGS.label_smoothing < 1.0:
         raise FlagError(f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}")
     if FLAGS.mode == "joint" and FLAGS["gc"].present and FLAGS.gc != "off":
@@ -151,6 +159,10 @@ def main(argv):
         sys.exit(2)
     print(runner.format_table(summary))
     print(f"wrote {os.path.join(FLAGS.output_dir, 'summary.json')}")
+    for run_dir in summary["run_dirs"]:
+        print(f"report: python -m launch.report --run_dir={run_dir}")
+    if FLAGS.tensorboard:
+        print(f"TensorBoard: tensorboard --logdir={FLAGS.output_dir}")
     return 0
 
 

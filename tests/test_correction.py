@@ -20,6 +20,7 @@ def test_projection_matches_formula_layerwise():
     np.testing.assert_allclose(np_(c2), g2)
     assert abs(float(np.dot(np_(c1), h1))) < 1e-6
     assert float(stats.conflict) == 0.5
+    assert (float(stats.negative), float(stats.positive)) == (1.0, 1.0)
     expected_cos = np.mean([-2 / np.sqrt(6 * 2), 1 / np.sqrt(2)])
     assert abs(float(stats.cosine) - expected_cos) < 1e-6
 
@@ -34,6 +35,7 @@ def test_projection_matches_formula_global():
     total = np.dot(np_(c1), h1) + np.sum(np_(c2) * h2)
     assert abs(total) < 1e-6
     assert float(stats.conflict) == 1.0
+    assert (float(stats.negative), float(stats.positive)) == (1.0, 0.0)  # one global product
 
 
 def test_disabled_leaves_gradients_unchanged():

@@ -70,6 +70,14 @@ def test_fit_equals_hand_written_ast_gc(digits_batches, gc):
     if gc != "off":
         assert conflicts > 0, "the test data should contain conflicting steps"
         assert history.history["gc_conflict"][0] > 0
+        # The in-step counts agree with the hand-written loop's (steps of sub-nets 1 and 2).
+        stats = fitted.gradient_statistics()
+        assert sum(s["negative"] for s in stats.values()) == conflicts
+        per_step = 1 if gc == "global" else len(fitted.sparse_layers)
+        for i, s in stats.items():
+            steps = len(range(i, len(x) // 32, 3))
+            assert s["steps"] == steps and s["products"] == steps * per_step
+            assert s["negative"] + s["positive"] == s["products"]  # no exact zeros here
     assert int(fitted.iteration.numpy()) == len(x) // 32
 
 
