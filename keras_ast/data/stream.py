@@ -58,6 +58,13 @@ class EpochSource:
     seed: int
     shards_input: bool = False
 
+    def map(self, function) -> "EpochSource":
+        """The same source with `function` mapped over every batch (e.g. one-hot labels)."""
+        make_epoch = self.make_epoch
+        return dataclasses.replace(self, make_epoch=lambda epoch, skip, context: make_epoch(
+            epoch, skip, context).map(function, num_parallel_calls=tf.data.AUTOTUNE,
+                                      deterministic=True))
+
     def epochs(self, first: int, last: int, skip: int = 0, input_context=None):
         """One dataset of the batches of epochs ``[first, last)``, without the first `skip`
         batches of epoch `first` (the ones a resumed run has already trained on)."""
