@@ -168,9 +168,10 @@ def _rng_variables(model):
 
 
 def fingerprint(model) -> str:
-    """SHA-256 of the (path, shape, dtype) of every model and optimizer variable."""
+    """SHA-256 of the (name, shape, dtype) of every model and optimizer variable, in order
+    (names without the layer prefixes, which depend on how many models a process built)."""
     variables = list(model.variables) + list(model.optimizer.variables)
-    text = json.dumps([(v.path, list(v.shape), str(v.dtype)) for v in variables])
+    text = json.dumps([(v.name, list(v.shape), str(v.dtype)) for v in variables])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -278,8 +279,8 @@ class BackupAndRestore(keras.callbacks.Callback):
                 manifest = self._check(files, model)
                 model.load_weights(files.weights)
                 with np.load(files.rng) as rng:
-                    for variable in _rng_variables(model):
-                        variable.assign(rng[variable.path])
+                    for i, variable in enumerate(_rng_variables(model)):
+                        variable.assign(rng[str(i)])
             except CheckpointError:
                 raise
             except Exception as error:  # noqa: BLE001 - any failure to read means "bad file"
@@ -322,7 +323,8 @@ class BackupAndRestore(keras.callbacks.Callback):
             model.save_weights(tmp)
         with atomic_output(files.rng) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, **{v.path: np.asarray(v) for v in _rng_variables(model)})
+                np.savez(f, **{str(i): np.asarray(v)
+                               for i, v in enumerate(_rng_variables(model))})
         epoch, batch = divmod(step, self.steps_per_epoch) if self.steps_per_epoch else (None,
                                                                                         None)
         write_json(files.manifest, {
@@ -401,6 +403,7 @@ def resume_fit(model, source, epochs, backup, callbacks=(), strategy=None, **fit
     for callback in callbacks:
         if isinstance(callback, PruneRegrow) and callback.total_steps is None:
             callback.total_steps = total
+    fit_kwargs.setdefault("shuffle", False)  # the order is the source's
     histories = []
     epoch, done = divmod(start, steps)
     callbacks = [backup, *callbacks]
