@@ -271,7 +271,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         """
         model = model or self.model
         if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
+            with model.distribute_strategy.scope():  # slots mirrored like their variables
+                model.optimizer.build(model.trainable_variables)
         candidates = self.checkpoints()
         problems = []
         for files in candidates:

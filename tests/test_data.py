@@ -346,6 +346,23 @@ def test_imagenet_prepare_load_and_shard(tmp_path, tfds_prepare_env):
     assert [x.shape[0] for x, _ in train] == [2, 2]  # 4 of the 8 images, batches of 4 / 2
     assert sum(int(x.shape[0]) for x, _ in val) == 1  # validation images 2 (of 1, 2, 3)
 
+    # Resumable order: epoch e depends only on (seed, e); a resumed epoch skips records.
+    source, _, _ = data.imagenet_source(data_dir, batch_size=2, seed=3)
+    assert source.steps_per_epoch == 4 and source.shards_input
+
+    def batches(dataset):
+        return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+    full = batches(source.epochs(0, 2))
+    assert len(full) == 8
+    for e in range(2):  # every epoch sees the 8 images once
+        assert sorted(np.concatenate([y for _, y in full[4 * e:4 * e + 4]])) == [0] * 4 + [1] * 4
+    for (xa, ya), (xb, yb) in zip(full[5:], batches(source.epochs(1, 2, skip=1))):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)  # same crops and flips
+    per_pipeline = batches(source.epochs(0, 1, input_context=context))
+    assert [x.shape[0] for x, _ in per_pipeline] == [1, 1, 1, 1]  # 4 steps, 1 image/replica
+
 
 def test_imagenet_preprocessing_on_encoded_and_decoded_images():
     image = tf.fill([120, 90, 3], tf.constant(200, tf.uint8))

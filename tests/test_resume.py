@@ -26,9 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------ SIGKILL and --resume
 # 21 steps per epoch (batch 64), 63 in all; a checkpoint every 4 steps; the run is killed as
-# soon as a checkpoint of step >= 28 (epoch 2, batch 7) exists, i.e. mid-epoch 2.
+# soon as a checkpoint of step >= 28 (epoch 2, batch 7) exists, i.e. mid-epoch 2. The runs use
+# MirroredStrategy (one replica on a CPU-only machine), so the launcher's distributed path,
+# synchronised BatchNorm included, is resumed too.
 LAUNCH_ARGS = ["--epochs=3", "--batch_size=64", "--prune_end_epoch=1", "--checkpoint_every=4",
-               "--verbose=0"]
+               "--verbose=0", "--distribution=mirrored"]
 KILL_AT = 28
 
 

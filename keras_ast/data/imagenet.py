@@ -161,8 +161,9 @@ def imagenet_source(data_dir: str | None, batch_size: int = 256, seed: int = 0,
     decoding them. Under tf.distribute each input pipeline (worker) reads its own share of
     the files (`distribute_datasets_from_function`, record-level when there are fewer files
     than pipelines) and batches per replica; every pipeline yields ``num_train //
-    batch_size`` batches per replica and epoch (its files are cycled if they hold a few
-    records less). Arguments as in `load_imagenet`.
+    batch_size`` batches per replica and epoch (each record of its shard once, topped up
+    from a second pass if its files hold a few records less). Arguments as in
+    `load_imagenet`.
     """
     import tensorflow_datasets as tfds
 
@@ -188,14 +189,15 @@ def imagenet_source(data_dir: str | None, batch_size: int = 256, seed: int = 0,
         by_file = len(files) >= pipelines
         mine = files[pipeline::pipelines] if by_file else files
         order = tf.gather(tf.constant(mine), permutation(len(mine), seed, epoch))
-        records = tf.data.Dataset.from_tensor_slices(order).repeat().interleave(
+        records = tf.data.Dataset.from_tensor_slices(order).interleave(
             tf.data.TFRecordDataset, cycle_length=min(16, len(mine)),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if not by_file:
             records = records.shard(pipelines, pipeline)
         needed = steps * replicas * local_batch
         records = records.shuffle(SHUFFLE_BUFFER, seed=batch_key(seed, epoch, pipeline)[0])
-        records = records.take(needed).enumerate().skip(skip * local_batch)
+        # Every record of the shard once, then (a shard a few records short) a second pass.
+        records = records.repeat().take(needed).enumerate().skip(skip * local_batch)
         offset = pipeline * needed  # distinct augmentation keys on every pipeline
         return (records
                 .map(lambda i, record: (lambda image, label: (
