@@ -215,9 +215,11 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._saved_step = None
 
     # ---------------------------------------------------------------------------- inventory
-    @property
-    def writes(self) -> bool:
-        return distribute.is_chief() if self.writer is None else bool(self.writer)
+    def writes(self, model) -> bool:
+        """Whether this process writes checkpoints of `model` (the chief, unless `writer`)."""
+        if self.writer is not None:
+            return bool(self.writer)
+        return distribute.is_chief(model.distribute_strategy)
 
     def checkpoints(self) -> list[CheckpointFiles]:
         """The checkpoints that have a manifest, newest first (not yet validated)."""
@@ -313,7 +315,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         """Writes the checkpoint of the current step (atomically; see the module docstring)
         and deletes the oldest beyond `keep`. Returns its files, or None on a non-writer."""
         model = model or self.model
-        if not self.writes:
+        if not self.writes(model):
             return None
         step = training_step(model)
         files = CheckpointFiles(self.backup_dir, step)

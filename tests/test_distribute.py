@@ -190,3 +190,26 @@ def test_set_synchronized_batchnorm_and_strategy_helpers(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="needs the TF_CONFIG"):
         distribute.make_strategy("multi_worker")
+
+
+def test_launcher_multi_worker(tmp_path):
+    """`launch.train --distribution=multi_worker` on 2 worker processes (TF_CONFIG): both
+    finish, only the chief writes the outputs."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    processes = {}
+    for index in range(2):
+        config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes[f"worker{index}"] = subprocess.Popen(
+            [sys.executable, "-m", "launch.train", "--distribution=multi_worker", "--epochs=3",
+             "--batch_size=64", "--prune_end_epoch=1", "--checkpoint_every=8", "--verbose=0",
+             f"--output_dir={tmp_path / 'out'}"],
+            cwd=ROOT, env=_env(TF_CONFIG=config), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+    _finish(processes)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["distribution"] == "multi_worker" and summary["replicas"] == 2
+    for entry in summary["subnets"]:
+        assert entry["measured_sparsity"] == pytest.approx(entry["target_sparsity"], abs=0.005)
+        assert entry["accuracy"] > 0.5  # 63 steps; chance is 0.1
+    assert sorted(os.listdir(tmp_path / "out")) == ["export", "model.keras", "summary.json"]
