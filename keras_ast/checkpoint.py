@@ -383,6 +383,13 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.model._initial_epoch = None
 
 
+class _StopAfterEpoch(keras.callbacks.Callback):
+    """Ends ``fit`` after its first epoch (the rest of an interrupted one)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
+
+
 def resume_fit(model, source, epochs, backup, callbacks=(), strategy=None, **fit_kwargs):
     """``fit`` for `epochs` epochs over `source` (a `keras_ast.data.EpochSource`) that
     continues, exactly, whatever run last wrote to `backup`.
@@ -411,11 +418,11 @@ def resume_fit(model, source, epochs, backup, callbacks=(), strategy=None, **fit
     epoch, done = divmod(start, steps)
     callbacks = [backup, *callbacks]
     try:
-        if done and epoch < epochs:
+        if done and epoch < epochs:  # the rest of the interrupted epoch, shown as that epoch
             histories.append(model.fit(
                 source.distribute(strategy, epoch, epoch + 1, done), initial_epoch=epoch,
-                epochs=epoch + 1, steps_per_epoch=steps - done, callbacks=callbacks,
-                **fit_kwargs))
+                epochs=epochs, steps_per_epoch=steps - done,
+                callbacks=[*callbacks, _StopAfterEpoch()], **fit_kwargs))
             epoch += 1
         if epoch < epochs:
             histories.append(model.fit(

@@ -17,6 +17,11 @@ Entries of the shared kernel outside m_k get no gradient from sub-net k; the sha
 and (coupled) weight decay still act on them, since they belong to the shared weights, not to
 one sub-net (with momentum 0 and no weight decay, a step of sub-net k leaves them unchanged).
 The shared kernel is never zeroed.
+
+Under tf.distribute (MirroredStrategy, MultiWorkerMirroredStrategy) the step sums the
+gradients over the replicas itself, once, before step 3, so the mask update and GC see the
+global batch's gradient on every replica, and step 5 applies them without a second reduction
+(keras_ast/distribute.py). A 2-replica run equals a 1-replica run with the same global batch.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
-"""A short AST-GC training under tf.distribute, run as a subprocess by tests/test_distribute.py.
+"""Short AST trainings under tf.distribute, run as subprocesses by tests/test_distribute.py.
 
 Logical CPU devices must be configured before TensorFlow initialises its devices, and a
 multi-worker cluster needs one process per worker, so these runs cannot share the pytest
-process. Each run writes an .npz with the final variables (by path), masks, per-replica copy
-differences, training FLOPs and the logged metrics.
+process. Each named configuration (CONFIGS) is trained in turn and written to
+``<out>_<config>.npz``: the final variables (by path), the logged metrics, the training
+FLOPs, the sparsities and the largest difference between the replicas' copies of any variable.
 
-    python tests/distributed_job.py --strategy=mirrored --out=run.npz [--bn]
-    TF_CONFIG=... python tests/distributed_job.py --strategy=multi_worker --out=worker0.npz
-    python tests/distributed_job.py --strategy=one --out=ref.npz   # one device, same batches
+    python tests/distributed_job.py --strategy=one --out=DIR/one --configs=ast,bn,joint
+    python tests/distributed_job.py --strategy=mirrored --out=DIR/mirrored   # 2 logical CPUs
+    TF_CONFIG=... python tests/distributed_job.py --strategy=multi_worker --out=DIR/worker0
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 STEPS = 12
 GLOBAL_BATCH = 32
 SPARSITIES = (0.5, 0.8)
+# name: (BatchNorm, mask updates, training). "ast": no BatchNorm, AST-GC with mask updates at
+# steps 0, 3, 4, 7, 8, 11 and an L2-regularised kernel; "bn": synchronised BatchNorm, GC, no
+# mask update; "joint": joint training with mask updates.
+CONFIGS = {"ast": (False, True, "alternating"), "bn": (True, False, "alternating"),
+           "joint": (False, True, "joint")}
 
 
 def tiny_net(bn: bool):
@@ -32,8 +38,9 @@ def tiny_net(bn: bool):
     x = keras.layers.Conv2D(8, 3, padding="same", name="stem_conv")(inputs)
     x = keras.layers.ReLU()(x)
     for i, (filters, stride) in enumerate(((16, 2), (16, 1))):
+        regularizer = keras.regularizers.L2(1e-3) if i == 1 else None
         x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=not bn,
-                                name=f"conv{i + 1}")(x)
+                                kernel_regularizer=regularizer, name=f"conv{i + 1}")(x)
         if bn:
             x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True,
                                                 name=f"bn{i + 1}")(x)
@@ -42,9 +49,9 @@ def tiny_net(bn: bool):
     return keras.Model(inputs, keras.layers.Dense(10, name="classifier")(x))
 
 
-def train(strategy, bn: bool, prune: bool = True):
-    """STEPS steps of AST-GC (K = 2, layer-wise GC, mask updates at steps 0, 3, 4, 7, 8, 11)
-    on the first STEPS global batches of the digits, in order."""
+def train(strategy, config: str):
+    """STEPS steps of configuration `config` (K = 2) on the first STEPS global batches of the
+    digits, in order."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -52,6 +59,8 @@ def train(strategy, bn: bool, prune: bool = True):
     import keras_ast
     from keras_ast.data import load_digits_arrays
 
+    bn, prune, training = CONFIGS[config]
+    keras.backend.clear_session()
     keras.config.disable_traceback_filtering()
     keras.utils.set_random_seed(7)
     split = load_digits_arrays(seed=0)
@@ -62,7 +71,9 @@ def train(strategy, bn: bool, prune: bool = True):
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     data = data.with_options(options)
     with strategy.scope():
-        model = keras_ast.ASTModel.from_model(tiny_net(bn), SPARSITIES, gc="layerwise")
+        model = keras_ast.ASTModel.from_model(
+            tiny_net(bn), SPARSITIES, training=training,
+            gc="layerwise" if training == "alternating" else "off")
         model.compile(optimizer=keras_ast.SGD(0.1, momentum=0.9, l2=5e-4),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
@@ -92,9 +103,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--strategy", choices=("one", "mirrored", "multi_worker"),
                         required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--bn", action="store_true", help="synchronised BatchNorm layers")
-    parser.add_argument("--no_prune", action="store_true", help="no mask updates (dense masks)")
+    parser.add_argument("--out", required=True, help="output prefix")
+    parser.add_argument("--configs", default="ast", help=f"comma-separated, of {list(CONFIGS)}")
     args = parser.parse_args(argv)
     import numpy as np
     import tensorflow as tf
@@ -109,10 +119,11 @@ def main(argv=None):
     else:
         strategy = tf.distribute.get_strategy()  # no strategy: plain one-device training
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    result = train(strategy, args.bn, prune=not args.no_prune)
-    tmp = args.out + ".tmp.npz"
-    np.savez(tmp, **result)
-    os.replace(tmp, args.out)
+    for config in args.configs.split(","):
+        result = train(strategy, config)
+        path = f"{args.out}_{config}.npz"
+        np.savez(path + ".tmp.npz", **result)
+        os.replace(path + ".tmp.npz", path)
 
 
 if __name__ == "__main__":

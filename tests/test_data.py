@@ -311,10 +311,10 @@ def _add(tar, name, payload):
     tar.addfile(info, io.BytesIO(payload))
 
 
-def test_imagenet_prepare_load_and_shard(tmp_path, tfds_prepare_env):
-    """Two synsets x 4 train JPEGs (value 50 / 150), 3 validation JPEGs, prepared by tfds."""
-    manual = tmp_path / "manual"
-    manual.mkdir()
+def write_imagenet_archives(manual):
+    """Fake ILSVRC2012 archives in `manual`: two synsets x 4 train JPEGs (value 50 / 150),
+    3 validation JPEGs."""
+    manual.mkdir(parents=True, exist_ok=True)
     with tarfile.open(manual / "ILSVRC2012_img_train.tar", "w") as train_tar:
         for label, synset in enumerate(["n01440764", "n01443537"]):  # tfds labels 0 and 1
             buf = io.BytesIO()
@@ -325,6 +325,12 @@ def test_imagenet_prepare_load_and_shard(tmp_path, tfds_prepare_env):
     with tarfile.open(manual / "ILSVRC2012_img_val.tar", "w") as val_tar:
         for i in range(1, 4):
             _add(val_tar, f"ILSVRC2012_val_{i:08d}.JPEG", _jpeg(300, 200 + 40 * i, 30 * i))
+
+
+def test_imagenet_prepare_load_and_shard(tmp_path, tfds_prepare_env):
+    """The fake archives prepared by tfds, read back, sharded, and as a resumable source."""
+    manual = tmp_path / "manual"
+    write_imagenet_archives(manual)
     data_dir = str(tmp_path / "tfds")
     train, val, info = data.load_imagenet(data_dir, batch_size=2, seed=0, prepare=True,
                                           manual_dir=str(manual))

@@ -20,8 +20,10 @@ import pytest
 import tensorflow as tf
 
 import keras_ast
+import keras_ast.data
 from conftest import compile_ast, tiny_cnn
 from keras_ast import distribute
+from test_data import tfds_prepare_env, write_imagenet_archives  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "tests" / "distributed_job.py"
@@ -60,11 +62,14 @@ def _finish(processes):
     assert not failures, "\n\n".join(failures)
 
 
-def _run_all(jobs):
-    """jobs: {name: (out path, args, env)} run in parallel -> {name: dict of arrays}."""
-    processes = {name: _start(out, *args, env=env) for name, (out, args, env) in jobs.items()}
+def _run_all(jobs, configs):
+    """jobs: {name: (output prefix, args, env)} run in parallel, each training `configs` ->
+    {(name, config): dict of arrays}."""
+    processes = {name: _start(prefix, f"--configs={','.join(configs)}", *args, env=env)
+                 for name, (prefix, args, env) in jobs.items()}
     _finish(processes)
-    return {name: dict(np.load(out)) for name, (out, _, _) in jobs.items()}
+    return {(name, config): dict(np.load(f"{prefix}_{config}.npz"))
+            for name, (prefix, _, _) in jobs.items() for config in configs}
 
 
 def _free_ports(count):
@@ -97,20 +102,17 @@ def _compare(reference, other, tolerance=TOLERANCE):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One device, MirroredStrategy on 2 logical CPUs, and the same pair with synchronised
-    BatchNorm and no mask updates; all in parallel."""
+    """One device and MirroredStrategy on 2 logical CPUs (in parallel), each training the
+    configurations of tests/distributed_job.py: "ast" (no BatchNorm, mask updates, GC, an
+    L2-regularised kernel), "bn" (synchronised BatchNorm, GC, no mask update), "joint"."""
     out = tmp_path_factory.mktemp("dist")
-    return _run_all({
-        "one": (out / "one.npz", ["--strategy=one"], None),
-        "mirrored": (out / "mirrored.npz", ["--strategy=mirrored"], None),
-        "one_bn": (out / "one_bn.npz", ["--strategy=one", "--bn", "--no_prune"], None),
-        "mirrored_bn": (out / "mirrored_bn.npz", ["--strategy=mirrored", "--bn", "--no_prune"],
-                        None),
-    })
+    return _run_all({"one": (out / "one", ["--strategy=one"], None),
+                     "mirrored": (out / "mirrored", ["--strategy=mirrored"], None)},
+                    ["ast", "bn", "joint"])
 
 
 def test_two_replicas_equal_one_device_with_the_same_global_batch(runs):
-    one, two = runs["one"], runs["mirrored"]
+    one, two = runs["one", "ast"], runs["mirrored", "ast"]
     assert int(one["replicas"]) == 1 and int(two["replicas"]) == 2
     # The steps did what the test is about: gradient correction fired, masks were updated.
     assert float(one["log:gc_conflict"][0]) > 0.1
@@ -126,8 +128,15 @@ def test_synchronized_batchnorm_two_replicas_equal_one_device(runs):
     """BatchNorm statistics all-reduced over the replicas: the global batch's, as on one
     device (12 GC steps, no mask update: see the README for why BN runs are compared without
     one)."""
-    one, two = runs["one_bn"], runs["mirrored_bn"]
+    one, two = runs["one", "bn"], runs["mirrored", "bn"]
     assert "var:bn1/moving_mean" in one
+    _compare(one, two)
+    assert float(two["replica_spread"]) == 0.0
+
+
+def test_joint_training_two_replicas_equal_one_device(runs):
+    one, two = runs["one", "joint"], runs["mirrored", "joint"]
+    np.testing.assert_allclose(one["sparsity"], [0.5, 0.8], atol=1e-3)
     _compare(one, two)
     assert float(two["replica_spread"]) == 0.0
 
@@ -138,10 +147,10 @@ def test_multi_worker_two_processes_end_with_identical_masks(tmp_path, runs):
     jobs = {}
     for index in range(2):
         config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        jobs[f"worker{index}"] = (tmp_path / f"worker{index}.npz", ["--strategy=multi_worker"],
+        jobs[f"worker{index}"] = (tmp_path / f"worker{index}", ["--strategy=multi_worker"],
                                   _env(TF_CONFIG=config))
-    workers = _run_all(jobs)
-    first, second = workers["worker0"], workers["worker1"]
+    workers = _run_all(jobs, ["ast"])
+    first, second = workers["worker0", "ast"], workers["worker1", "ast"]
     assert int(first["replicas"]) == 2
     masks = [k for k in first if k.endswith("/masks")]
     assert masks
@@ -149,8 +158,8 @@ def test_multi_worker_two_processes_end_with_identical_masks(tmp_path, runs):
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
     np.testing.assert_allclose(first["sparsity"], [0.5, 0.8], atol=1e-3)  # as scheduled
     # Both workers also match the one-device run with the same global batch.
-    _compare(runs["one"], first)
-    _compare(runs["one"], second)
+    _compare(runs["one", "ast"], first)
+    _compare(runs["one", "ast"], second)
 
 
 # ----------------------------------------------------------------------------- in process
@@ -213,3 +222,24 @@ def test_launcher_multi_worker(tmp_path):
         assert entry["measured_sparsity"] == pytest.approx(entry["target_sparsity"], abs=0.005)
         assert entry["accuracy"] > 0.5  # 63 steps; chance is 0.1
     assert sorted(os.listdir(tmp_path / "out")) == ["export", "model.keras", "summary.json"]
+
+
+@pytest.mark.slow
+def test_imagenet_resnet50_flagfile_runs_mirrored(tmp_path, tfds_prepare_env):
+    """The ImageNet ResNet-50 set-up (its flag file: MirroredStrategy, checkpoints) end to end
+    on a fake prepared ImageNet of 8 images, with a schedule shortened to 8 steps."""
+    write_imagenet_archives(tmp_path / "manual")
+    data_dir = str(tmp_path / "tfds")
+    keras_ast.data.load_imagenet(data_dir, prepare=True, manual_dir=str(tmp_path / "manual"))
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.train",
+         "--flagfile=launch/configs/imagenet_resnet50.flags", f"--data_dir={data_dir}",
+         f"--output_dir={tmp_path / 'out'}", "--batch_size=2", "--epochs=2",
+         "--warmup_epochs=0", "--update_frequency=4", "--adjustment_period=2",
+         "--prune_end_epoch=1", "--checkpoint_every=2", "--verbose=0"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"] == "resnet50" and summary["distribution"] == "mirrored"
+    for entry in summary["subnets"]:
+        assert entry["measured_sparsity"] == pytest.approx(entry["target_sparsity"], abs=0.005)

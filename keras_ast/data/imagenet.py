@@ -155,8 +155,9 @@ def imagenet_source(data_dir: str | None, batch_size: int = 256, seed: int = 0,
     """(EpochSource of the training batches, validation pipeline, DatasetInfo) of ImageNet.
 
     Epoch e reads the training files of its input pipeline in an order that depends only on
-    (seed, e), interleaves them (16 at a time, deterministic), shuffles the records in a
-    10,000-record buffer seeded by (seed, e, pipeline) and augments example i with the
+    (seed, e), interleaves them (16 at a time, deterministic), shuffles the records in blocks
+    of 10,000 (each by a stateless key from (seed, e, pipeline, block)) and augments example
+    i with the
     stateless key (seed, e, i): a resumed epoch skips the records already trained on before
     decoding them. Under tf.distribute each input pipeline (worker) reads its own share of
     the files (`distribute_datasets_from_function`, record-level when there are fewer files
@@ -195,7 +196,12 @@ def imagenet_source(data_dir: str | None, batch_size: int = 256, seed: int = 0,
         if not by_file:
             records = records.shard(pipelines, pipeline)
         needed = steps * replicas * local_batch
-        records = records.shuffle(SHUFFLE_BUFFER, seed=batch_key(seed, epoch, pipeline)[0])
+        # Shuffle blocks of SHUFFLE_BUFFER records, each by its own stateless key (a seeded
+        # tf.data shuffle cannot take a per-epoch tensor seed when the global seed is 0).
+        key = batch_key(seed, epoch, pipeline)
+        records = records.batch(SHUFFLE_BUFFER).enumerate().map(
+            lambda j, block: tf.random.experimental.stateless_shuffle(
+                block, tf.random.experimental.stateless_fold_in(key, j))).unbatch()
         # Every record of the shard once, then (a shard a few records short) a second pass.
         records = records.repeat().take(needed).enumerate().skip(skip * local_batch)
         offset = pipeline * needed  # distinct augmentation keys on every pipeline
