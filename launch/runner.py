@@ -116,26 +116,16 @@ def run(flags, sparsities):
         dirs = backup_dirs(flags, len(sparsities))
         runs = [(*train_ast(flags, [s], source, info, loss, strategy, dirs[k]), k)
                 for k, s in enumerate(sparsities)]
-    with strategy.scope():  # every worker takes part in the evaluation's all-reduces
-        results = [model.evaluate_subnets(test) for model, _, _ in runs]
-    summary = None
-    if chief:  # only the chief writes results (other workers hold identical models)
-        summary = _write_outputs(flags, runs, results, steps_per_epoch, export_dir, strategy)
-        for path in backup_dirs(flags, len(runs)):  # the run is complete: drop its backups
-            shutil.rmtree(path, ignore_errors=True)
-        if len(runs) > 1:
-            shutil.rmtree(os.path.dirname(backup_dirs(flags, len(runs))[0]), ignore_errors=True)
-    return summary
-
-
-def _write_outputs(flags, runs, results, steps_per_epoch, export_dir, strategy):
-    """Exports, model files and summary.json (each written atomically)."""
     entries = []
     total_flops = 0.0
-    for (model, _, index), evaluated in zip(runs, results):
+    for model, _, index in runs:
+        with strategy.scope():  # every worker takes part in the evaluation's all-reduces
+            results = model.evaluate_subnets(test)
+        if not chief:  # only the chief writes results (the other workers' models are equal)
+            continue
         flops = model.training_flops
         total_flops += flops["total"]
-        for k, metrics in evaluated.items():
+        for k, metrics in results.items():
             subnet = k if index is None else index
             path = os.path.join(export_dir, f"subnet_{subnet}")
             with checkpoint.atomic_output(path) as tmp:
@@ -155,6 +145,8 @@ def _write_outputs(flags, runs, results, steps_per_epoch, export_dir, strategy):
         name = "model.keras" if index is None else f"model_subnet{index}.keras"
         with checkpoint.atomic_output(os.path.join(flags.output_dir, name)) as tmp:
             model.save(tmp)
+    if not chief:
+        return None
     summary = {
         "dataset": flags.dataset,
         "model": flags.model,
@@ -173,6 +165,10 @@ def _write_outputs(flags, runs, results, steps_per_epoch, export_dir, strategy):
         "subnets": entries,
     }
     checkpoint.write_json(os.path.join(flags.output_dir, "summary.json"), summary)
+    for path in backup_dirs(flags, len(runs)):  # the run is complete: drop its checkpoints
+        shutil.rmtree(path, ignore_errors=True)
+    if len(runs) > 1:
+        shutil.rmtree(os.path.dirname(backup_dirs(flags, len(runs))[0]), ignore_errors=True)
     return summary
 
 
