@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,12 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------ SIGKILL and --resume
 # 21 steps per epoch (batch 64), 63 in all; a checkpoint every 4 steps; the run is killed as
-# soon as a checkpoint of step >= 28 (epoch 2, batch 7) exists, i.e. mid-epoch 2. The runs use
-# MirroredStrategy (one replica on a CPU-only machine), so the launcher's distributed path,
+# soon as a checkpoint of step >= 24 (epoch 2, batch 3) exists, i.e. mid-epoch 2 (the next
+# epoch-end checkpoint, step 42, is 18 steps away; the test checks it was not reached). The
+# runs use MirroredStrategy (one replica on a CPU-only machine), so the launcher's distributed path,
 # synchronised BatchNorm included, is resumed too.
 LAUNCH_ARGS = ["--epochs=3", "--batch_size=64", "--prune_end_epoch=1", "--checkpoint_every=4",
                "--verbose=0", "--distribution=mirrored"]
-KILL_AT = 28
+KILL_AT = 24
 
 
 def _launch(out, *extra):
@@ -74,12 +76,22 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
     _kill_after_checkpoint(killed, tmp_path / "run" / "backup", KILL_AT)
     assert killed.returncode == -signal.SIGKILL
 
+    # A copy whose checkpoints are all damaged: --resume stops with an error naming them.
+    shutil.copytree(tmp_path / "run" / "backup", tmp_path / "bad" / "backup")
+    for path in glob.glob(str(tmp_path / "bad" / "backup" / "ckpt-*.weights.h5")):
+        Path(path).write_bytes(Path(path).read_bytes()[:1000])
+    bad = _launch(tmp_path / "bad", "--resume")
     # Not resuming over the checkpoints of an unfinished run is an error, not a restart.
-    again = _launch(tmp_path / "run")
+    again = _launch(tmp_path / "bad")
+    resumed = _launch(tmp_path / "run", "--resume")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 2 and "pass --resume" in err, err[-2000:]
+    _, err = bad.communicate(timeout=300)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1, err[-2000:]
+    # (2 checkpoints, or 3 when the kill came between a save and the deletion of the oldest)
+    assert re.search(r"none of the [23] checkpoints", errors[0]) and "truncated" in errors[0]
 
-    resumed = _launch(tmp_path / "run", "--resume")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     ref_out, ref_err = reference.communicate(timeout=300)
