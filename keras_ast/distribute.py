@@ -171,15 +171,6 @@ def make_strategy(distribution="none", devices=None):
     raise ValueError(f"unknown distribution {distribution!r}; use one of {DISTRIBUTIONS}")
 
 
-def worker_id(strategy=None) -> int:
-    """This process's worker index (0 without a cluster)."""
-    strategy = strategy or tf.distribute.get_strategy()
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 0
-    return int(resolver.task_id or 0)
-
-
 def is_chief(strategy=None) -> bool:
     """True on the worker that writes checkpoints and results: the only process without a
     cluster, else the "chief" task or, when the cluster has none, worker 0 (TF's convention)."""

@@ -193,7 +193,7 @@ def test_set_synchronized_batchnorm_and_strategy_helpers(monkeypatch):
     assert distribute.set_synchronized_batchnorm(model, True) == 3  # stem BN + 2 switchable
     assert all(layer.synchronized for layer in model.network.layers
                if isinstance(layer, keras.layers.BatchNormalization))
-    assert distribute.is_chief() and distribute.worker_id() == 0
+    assert distribute.is_chief()  # no cluster: the only process is the chief
     with pytest.raises(ValueError, match="unknown distribution 'ring'"):
         distribute.make_strategy("ring")
     monkeypatch.delenv("TF_CONFIG", raising=False)
