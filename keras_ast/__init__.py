@@ -15,6 +15,7 @@ import os as _os
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from keras_ast.callbacks import PruneRegrow  # noqa: E402
+from keras_ast.checkpoint import BackupAndRestore, resume_fit  # noqa: E402
 from keras_ast.layers import (  # noqa: E402
     SparseConv2D,
     SparseDense,
@@ -31,6 +32,7 @@ from keras_ast.sparsify import sparsify  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [
     "ASTModel",
+    "BackupAndRestore",
     "CosineDecay",
     "CubicGroupFraction",
     "CubicSparsity",
@@ -45,5 +47,6 @@ __all__ = [
     "SwitchableBatchNormalization",
     "parse_nm",
     "parse_nm_list",
+    "resume_fit",
     "sparsify",
 ]

@@ -98,13 +98,16 @@ class MaskedKernelMixin(SubnetLayerMixin):
     def build(self, input_shape):
         super().build(input_shape)
         kernel = self.shared_kernel
+        # aggregation "none": under tf.distribute every replica computes the same new mask
+        # from the same global gradients and writes its own copy, with no synchronisation
+        # (which could not run inside the mask update's `cond`); see keras_ast/distribute.py.
         self.masks = self.add_weight(
             name="masks",
             shape=(self.num_subnets,) + tuple(kernel.shape),
             initializer="ones",
             trainable=False,
             dtype=kernel.dtype,
-            aggregation="only_first_replica",
+            aggregation="none",
         )
 
     @property

@@ -21,17 +21,23 @@ Entries of the shared kernel outside m_k get no gradient from sub-net k; the sha
 and (coupled) weight decay still act on them, since they belong to the shared weights, not to
 one sub-net (with momentum 0 and no weight decay, a step of sub-net k leaves them unchanged).
 The shared kernel is never zeroed.
+
+Under tf.distribute (MirroredStrategy, MultiWorkerMirroredStrategy) the step sums the
+gradients over the replicas itself, once, before step 3, so the mask update and GC see the
+global batch's gradient on every replica, and step 5 applies them without a second reduction
+(keras_ast/distribute.py). A 2-replica run equals a 1-replica run with the same global batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_ast import correction, cost
+from keras_ast import correction, cost, distribute
 from keras_ast import layers as ast_layers
 from keras_ast import nm as nm_lib
 from keras_ast import sparsify as sparsify_lib
@@ -143,10 +149,11 @@ class ASTModel(keras.Model):
             layer.attach_subnet_index(index)
         self.gc_refs = []
         if self.uses_gc:
+            # aggregation "none": every replica stores the same global gradient (distribute.py).
             self.gc_refs = [
                 self.add_weight(
                     name=f"gc_ref_{i}", shape=layer.shared_kernel.shape, initializer="zeros",
-                    trainable=False, aggregation="only_first_replica",
+                    trainable=False, aggregation="none",
                 )
                 for i, layer in enumerate(self.sparse_layers)
             ]
@@ -293,10 +300,31 @@ class ASTModel(keras.Model):
         if signature != self._traced_pruner:
             force = True
             self._traced_pruner = signature
+        if self.jit_compile and distribute.refuses_jit(self.distribute_strategy):
+            raise ValueError(
+                f"jit_compile=True does not work under {type(self.distribute_strategy).__name__} "
+                "with Keras 3 (XLA cannot place the mirrored variables); compile with "
+                "jit_compile=False"
+            )
         # Create the optimizer slots now, so the first compiled step does not trace twice.
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
         return super().make_train_function(force=force)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 builds the metrics under tf.distribute from the first batch reduced with
+        # strategy.reduce("MEAN", (x, y)), which fails under MultiWorkerMirroredStrategy (a
+        # tuple is no DistributedValues) and costs a collective: one replica's share of the
+        # batch has the shapes the build needs.
+        if iterator is not None and self._distribute_strategy is not None:
+            strategy = self._distribute_strategy
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _loss(self, x, y, sample_weight, training, subnet=None):
         y_pred = self(x, training=training)
@@ -343,14 +371,21 @@ class ASTModel(keras.Model):
                 a if b is None else b if a is None else ops.add(a, b) for a, b in zip(total, grads)
             ]
             logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        if isinstance(self.optimizer, SGD) and self.training_mode == "alternating":
-            with self.optimizer.updating_rows(self.per_subnet_variables, subnets[0],
-                                              self.num_subnets):
-                self.optimizer.apply(total, variables)
-        else:
+        reduced = distribute.replicas_in_sync() > 1
+        if reduced:  # the kernels' gradients are already global (_sparse_gradients)
+            kernels = {id(layer.shared_kernel) for layer in self.sparse_layers}
+            rest = [i for i, (g, v) in enumerate(zip(total, variables))
+                    if g is not None and id(v) not in kernels]
+            for i, g in zip(rest, distribute.all_reduce_sum([total[i] for i in rest])):
+                total[i] = g
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(distribute.applying_reduced_gradients(self.optimizer, reduced))
+            if isinstance(self.optimizer, SGD) and self.training_mode == "alternating":
+                stack.enter_context(self.optimizer.updating_rows(
+                    self.per_subnet_variables, subnets[0], self.num_subnets))
             self.optimizer.apply(total, variables)
         self.iteration.assign_add(1)
-        return logs
+        return distribute.step_logs(logs)
 
     def _recorded(self, subnet, records, product_grads):
         """Per sparse layer: (mask used in the forward, dense gradient dL/d(W*m)) from the
@@ -377,9 +412,12 @@ class ASTModel(keras.Model):
         position = {id(v): i for i, v in enumerate(variables)}
         kernel_ids = [position[id(layer.shared_kernel)] for layer in self.sparse_layers]
         masks, dense = (list(t) for t in zip(*self._recorded(subnet, records, product_grads)))
-        # dL/dW = dL/d(W*m) * m: already restricted to the sub-net's connections.
-        masked = [d * m if grads[i] is None else ops.cast(grads[i], d.dtype)
-                  for i, d, m in zip(kernel_ids, dense, masks)]
+        if distribute.replicas_in_sync() > 1:
+            masked, dense, batch = self._global_gradients(kernel_ids, grads, masks, dense, batch)
+        else:
+            # dL/dW = dL/d(W*m) * m: already restricted to the sub-net's connections.
+            masked = [d * m if grads[i] is None else ops.cast(grads[i], d.dtype)
+                      for i, d, m in zip(kernel_ids, dense, masks)]
         if self._pruner is not None:
             window = 1 if self.training_mode == "joint" else self.num_subnets
             count = len(masks)
@@ -420,6 +458,22 @@ class ASTModel(keras.Model):
             grads[i] = g
         return grads
 
+    def _global_gradients(self, kernel_ids, grads, masks, dense, batch):
+        """Under tf.distribute: the dense kernel gradients and the batch size summed over the
+        replicas (one all-reduce), so the mask update, gradient correction and FLOPs count see
+        the global batch on every replica. The kernels' gradients are then ``dense * m`` (the
+        same as the per-replica ones summed, since m is 0/1), plus, for a kernel with a
+        regularizer, its reduced extra term. Returns (masked, dense, global batch)."""
+        extra = [i for i, layer in enumerate(self.sparse_layers)
+                 if distribute.kernel_regularized(layer) and grads[kernel_ids[i]] is not None]
+        local = dense + [ops.cast(grads[kernel_ids[i]], dense[i].dtype) - dense[i] * masks[i]
+                         for i in extra]
+        reduced = distribute.all_reduce_sum(local + [ops.cast(batch, "float32")])
+        dense, extras = reduced[:len(dense)], dict(zip(extra, reduced[len(dense):-1]))
+        masked = [d * m + extras[i] if i in extras else d * m
+                  for i, (d, m) in enumerate(zip(dense, masks))]
+        return masked, dense, reduced[-1]
+
     # -------------------------------------------------------------------------- evaluation
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -433,7 +487,7 @@ class ASTModel(keras.Model):
             if not any(metric is m for m in skip):
                 result = metric.result()
                 logs.update(result if isinstance(result, dict) else {metric.name: result})
-        return logs
+        return distribute.step_logs(logs)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

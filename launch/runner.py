@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import shutil
 
 import keras
 import tensorflow as tf
 
 import keras_ast
+from keras_ast import checkpoint, distribute, export, models, nm
 from keras_ast import data as data_lib
-from keras_ast import export, models, nm
 
 NM_NOTATION = ("N:M = N zeros in every group of M consecutive input channels (the AST "
                "paper's notation; NVIDIA's N counts non-zeros)")
@@ -64,77 +64,108 @@ def nm_patterns(flags):
     return nm.parse_nm_list(flags.nm, counts=flags.nm_counts)
 
 
-def _monitor_callbacks(flags, test, run_dir):
+def _monitor_callbacks(flags, test, run_dir, chief=True):
     """Per-sub-net validation, run records for launch.report and TensorBoard logs (in this
-    order: the TensorBoard callback writes the epoch logs the others filled)."""
+    order: the TensorBoard callback writes the epoch logs the others filled). Every worker
+    validates (its evaluation takes part in the all-reduces); only the chief writes files."""
     log_dir = os.path.join(run_dir, "logs") if flags.tensorboard else None
     callbacks = []
     if flags.eval_every:
         callbacks.append(keras_ast.SubnetValidation(test, frequency=flags.eval_every))
+    if not chief:
+        return callbacks
     callbacks.append(keras_ast.RunRecorder(run_dir, log_dir=log_dir))
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
     return callbacks
 
 
-def train_ast(flags, sparsities, train, steps_per_epoch, info, loss, training="alternating",
-              patterns=None, callbacks=()):
-    """Builds, compiles and fits one ASTModel with the given sparsities (N:M `patterns`)."""
-    plain = models.get_model(flags.model, num_classes=info.num_classes,
-                             input_shape=info.image_shape)
-    model = keras_ast.ASTModel.from_model(
-        plain, sparsities, dense_layers=models.dense_layers(flags.model),
-        gc="off" if training == "joint" else flags.gc, gc_reference=flags.gc_reference,
-        training=training, nm=patterns,
-    )
-    model.compile(
-        optimizer=keras_ast.SGD(learning_rate(flags, steps_per_epoch), momentum=flags.momentum,
-                                l2=flags.weight_decay),
-        loss=loss, metrics=["accuracy"], jit_compile=flags.jit_compile,
-    )
-    model.fit(train, epochs=flags.epochs, verbose=flags.verbose, shuffle=False,
-              callbacks=[_prune_callback(flags, len(sparsities), steps_per_epoch),
-                         *callbacks])
-    return model
+def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
+              training="alternating", patterns=None, callbacks=()):
+    """Builds and compiles one ASTModel (N:M `patterns` if given) under `strategy` and trains
+    it with `resume_fit` (checkpoints in `backup_dir`; with --resume it continues the run saved
+    there). Returns (model, the step it resumed from)."""
+    with strategy.scope():
+        plain = models.get_model(flags.model, num_classes=info.num_classes,
+                                 input_shape=info.image_shape)
+        model = keras_ast.ASTModel.from_model(
+            plain, sparsities, dense_layers=models.dense_layers(flags.model),
+            gc="off" if training == "joint" else flags.gc, gc_reference=flags.gc_reference,
+            training=training, nm=patterns,
+        )
+        if flags.distribution != "none":
+            distribute.set_synchronized_batchnorm(model, flags.sync_batchnorm)
+        model.compile(
+            optimizer=keras_ast.SGD(learning_rate(flags, source.steps_per_epoch),
+                                    momentum=flags.momentum, l2=flags.weight_decay),
+            loss=loss, metrics=["accuracy"], jit_compile=flags.jit_compile,
+        )
+    backup = checkpoint.BackupAndRestore(backup_dir, save_every=flags.checkpoint_every,
+                                         keep=flags.keep_checkpoints)
+    if flags.resume and not backup.checkpoints():
+        print(f"--resume: no checkpoint in {backup_dir} yet, starting from step 0")
+    start, _ = checkpoint.resume_fit(
+        model, source, flags.epochs, backup, strategy=strategy, verbose=flags.verbose,
+        shuffle=False,
+        callbacks=[_prune_callback(flags, len(sparsities), source.steps_per_epoch),
+                   *callbacks])
+    return model, start
+
+
+def backup_dirs(flags, num_runs):
+    """The checkpoint directory of each training run (one per sub-net with
+    --mode=individual)."""
+    root = flags.backup_dir or os.path.join(flags.output_dir, "backup")
+    return [root] if num_runs == 1 else [os.path.join(root, f"run_{k}")
+                                         for k in range(num_runs)]
 
 
 def run(flags, sparsities):
     """Trains, evaluates and exports; returns the summary (also written to summary.json)."""
     keras.utils.set_random_seed(flags.seed)
-    train, test, info = data_lib.load_dataset(
+    strategy = distribute.make_strategy(flags.distribution)
+    chief = distribute.is_chief(strategy)
+    source, test, info = data_lib.load_source(
         flags.dataset, data_dir=flags.data_dir, batch_size=flags.batch_size, seed=flags.seed
     )
     to_one_hot, loss = _one_hot(info.num_classes, flags.label_smoothing)
     if to_one_hot is not None:
-        train, test = train.map(to_one_hot), test.map(to_one_hot)
-    steps_per_epoch = int(train.cardinality())
+        source, test = source.map(to_one_hot), test.map(to_one_hot)
+    steps_per_epoch = source.steps_per_epoch
     if steps_per_epoch <= 0:
-        raise ValueError("the training set has no known length")
-    os.makedirs(flags.output_dir, exist_ok=True)
+        raise ValueError(f"the training set makes no batch of {flags.batch_size}")
+    if chief:
+        os.makedirs(flags.output_dir, exist_ok=True)
     export_dir = os.path.join(flags.output_dir, "export")
     patterns = nm_patterns(flags)
     if flags.mode in ("ast", "joint"):
         training = "joint" if flags.mode == "joint" else "alternating"
         run_dirs = [flags.output_dir]
-        runs = [(train_ast(flags, sparsities, train, steps_per_epoch, info, loss, training,
-                           patterns, _monitor_callbacks(flags, test, flags.output_dir)), None)]
+        runs = [(*train_ast(flags, sparsities, source, info, loss, strategy,
+                            backup_dirs(flags, 1)[0], training, patterns,
+                            _monitor_callbacks(flags, test, flags.output_dir, chief)), None)]
     else:  # individual: one K=1 run per sparsity, exported as subnet_<k>
         run_dirs = [os.path.join(flags.output_dir, f"individual_{k}")
                     for k in range(len(sparsities))]
-        runs = [(train_ast(flags, [s], train, steps_per_epoch, info, loss,
-                           patterns=None if patterns is None else [patterns[k]],
-                           callbacks=_monitor_callbacks(flags, test, run_dir)), k)
+        dirs = backup_dirs(flags, len(sparsities))
+        runs = [(*train_ast(flags, [s], source, info, loss, strategy, dirs[k],
+                            patterns=None if patterns is None else [patterns[k]],
+                            callbacks=_monitor_callbacks(flags, test, run_dir, chief)), k)
                 for k, (s, run_dir) in enumerate(zip(sparsities, run_dirs))]
     entries = []
     total_flops = 0.0
-    for model, index in runs:
+    for model, _, index in runs:
+        with strategy.scope():  # every worker takes part in the evaluation's all-reduces
+            results = model.evaluate_subnets(test)
+        if not chief:  # only the chief writes results (the other workers' models are equal)
+            continue
         flops = model.training_flops
         total_flops += flops["total"]
-        results = model.evaluate_subnets(test)
         for k, metrics in results.items():
             subnet = k if index is None else index
             path = os.path.join(export_dir, f"subnet_{subnet}")
-            export.export_subnet(model, k, path)
+            with checkpoint.atomic_output(path) as tmp:
+                export.export_subnet(model, k, tmp)
             entries.append({
                 "subnet": subnet,
                 "target_sparsity": model.sparsities[k],
@@ -149,7 +180,10 @@ def run(flags, sparsities):
                 **_nm_entry(model, k, path),
             })
         name = "model.keras" if index is None else f"model_subnet{index}.keras"
-        model.save(os.path.join(flags.output_dir, name))
+        with checkpoint.atomic_output(os.path.join(flags.output_dir, name)) as tmp:
+            model.save(tmp)
+    if not chief:
+        return None
     summary = {
         "dataset": flags.dataset,
         "model": flags.model,
@@ -157,6 +191,10 @@ def run(flags, sparsities):
         "gc": flags.gc,
         "epochs": flags.epochs,
         "steps_per_epoch": steps_per_epoch,
+        "distribution": flags.distribution,
+        "replicas": strategy.num_replicas_in_sync,
+        # 0 for a run trained in one go; else the checkpoint step(s) it was resumed from.
+        "resumed_from_step": [start for _, start, _ in runs],
         # DESIGN.md section 8: the whole run (all sub-nets), and the same steps trained dense.
         "training_flops": total_flops,
         "dense_training_flops": (flags.epochs * steps_per_epoch * flags.batch_size
@@ -167,10 +205,11 @@ def run(flags, sparsities):
     }
     if patterns is not None:
         summary["nm_notation"] = NM_NOTATION
-    path = os.path.join(flags.output_dir, "summary.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(path + ".tmp", path)
+    checkpoint.write_json(os.path.join(flags.output_dir, "summary.json"), summary)
+    for path in backup_dirs(flags, len(runs)):  # the run is complete: drop its checkpoints
+        shutil.rmtree(path, ignore_errors=True)
+    if len(runs) > 1:
+        shutil.rmtree(os.path.dirname(backup_dirs(flags, len(runs))[0]), ignore_errors=True)
     return summary
 
 

@@ -74,6 +74,28 @@ flags.DEFINE_integer("eval_every", 1, "Evaluate every sub-net on the test split 
                      "(and after the last), logged as val_<metric>_<k>; 0: never during training.")
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files to <output_dir>/logs.")
 
+# ---- Distributed training and fault tolerance (README: "Distributed training and fault
+# tolerance"). Checkpoints go to --backup_dir; --resume continues a killed run exactly.
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
+flags.DEFINE_string("distribution", "none",
+                    "none (one device), mirrored (tf.distribute.MirroredStrategy over all local "
+                    "GPUs) or multi_worker (MultiWorkerMirroredStrategy; the cluster and this "
+                    "worker's task come from the TF_CONFIG environment variable).")
+flags.DEFINE_bool("sync_batchnorm", True,
+                  "With --distribution: BatchNorm statistics over the global batch (all "
+                  "replicas), as on one device; --nosync_batchnorm: per replica (local BN).")
+flags.DEFINE_string("backup_dir", None,
+                    "Checkpoint directory (default: <output_dir>/backup; shared by all workers "
+                    "under multi_worker). Deleted when the run completes.")
+flags.DEFINE_integer("checkpoint_every", None,
+                     "Also checkpoint every this many steps (default: at every epoch end only).")
+flags.DEFINE_integer("keep_checkpoints", 2, "Complete checkpoints kept in --backup_dir.")
+flags.DEFINE_bool("resume", False,
+                  "Continue the run whose checkpoints are in --backup_dir from the newest good "
+                  "one (a corrupt or truncated one is reported and the previous one used); "
+                  "with no checkpoint yet it starts from step 0, so the same command serves the "
+                  "first launch and every restart.")
+
 
 class FlagError(ValueError):
     """A bad flag value, reported as one line before anything is built."""
@@ -109,6 +131,7 @@ def check_flags():
         raise FlagError(f"--eval_every must be >= 0, got {FLAGS.eval_every}")
     if not 0.0 <= FLAGS.label_smoothing < 1.0:
         raise FlagError(f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}")
+    check_distribution_flags()
     if FLAGS.mode == "joint" and FLAGS["gc"].present and FLAGS.gc != "off":
         raise FlagError(f"--gc={FLAGS.gc} needs alternating training; --mode=joint sums all "
                         "sub-nets' gradients in one step (leave --gc out or set --gc=off)")
@@ -144,25 +167,53 @@ def check_nm_flags():
     return patterns
 
 
+def check_distribution_flags():
+    """Validates the distribution and checkpoint flags; raises FlagError."""
+    from keras_ast import checkpoint
+
+    if FLAGS.distribution not in DISTRIBUTIONS:
+        raise FlagError(f"unknown --distribution={FLAGS.distribution!r}; use one of "
+                        f"{', '.join(DISTRIBUTIONS)}")
+    if FLAGS.distribution != "none" and FLAGS.jit_compile:
+        raise FlagError(f"--jit_compile does not work with --distribution={FLAGS.distribution} "
+                        "(Keras 3 cannot XLA-compile a step over mirrored variables); drop one")
+    if FLAGS.distribution == "multi_worker" and not os.environ.get("TF_CONFIG"):
+        raise FlagError("--distribution=multi_worker needs the TF_CONFIG environment variable "
+                        "(cluster and task of this worker; see README)")
+    for name in ("checkpoint_every", "keep_checkpoints"):
+        value = getattr(FLAGS, name)
+        if value is not None and value < 1:
+            raise FlagError(f"--{name} must be >= 1, got {value}")
+    backup_dir = FLAGS.backup_dir or os.path.join(FLAGS.output_dir, "backup")
+    if not FLAGS.resume and os.path.isdir(backup_dir) and any(
+            checkpoint.BackupAndRestore(d).checkpoints()
+            for d in [backup_dir] + [os.path.join(backup_dir, n) for n in os.listdir(backup_dir)]):
+        raise FlagError(f"{backup_dir} holds checkpoints of an unfinished run: pass --resume to "
+                        "continue it, or delete the directory to start over")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel INFO lines
+    from keras_ast.checkpoint import CheckpointError
+
     try:
         sparsities = check_flags()
         from launch import runner
 
         summary = runner.run(FLAGS, sparsities)
-    except (FlagError, FileNotFoundError) as error:
+    except (FlagError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(runner.format_table(summary))
-    print(f"wrote {os.path.join(FLAGS.output_dir, 'summary.json')}")
-    for run_dir in summary["run_dirs"]:
-        print(f"report: python -m launch.report --run_dir={run_dir}")
-    if FLAGS.tensorboard:
-        print(f"TensorBoard: tensorboard --logdir={FLAGS.output_dir}")
+    if summary is not None:  # None on the workers other than the chief
+        print(runner.format_table(summary))
+        print(f"wrote {os.path.join(FLAGS.output_dir, 'summary.json')}")
+        for run_dir in summary["run_dirs"]:
+            print(f"report: python -m launch.report --run_dir={run_dir}")
+        if FLAGS.tensorboard:
+            print(f"TensorBoard: tensorboard --logdir={FLAGS.output_dir}")
     return 0
 
 

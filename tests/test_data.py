@@ -311,10 +311,10 @@ def _add(tar, name, payload):
     tar.addfile(info, io.BytesIO(payload))
 
 
-def test_imagenet_prepare_load_and_shard(tmp_path, tfds_prepare_env):
-    """Two synsets x 4 train JPEGs (value 50 / 150), 3 validation JPEGs, prepared by tfds."""
-    manual = tmp_path / "manual"
-    manual.mkdir()
+def write_imagenet_archives(manual):
+    """Fake ILSVRC2012 archives in `manual`: two synsets x 4 train JPEGs (value 50 / 150),
+    3 validation JPEGs."""
+    manual.mkdir(parents=True, exist_ok=True)
     with tarfile.open(manual / "ILSVRC2012_img_train.tar", "w") as train_tar:
         for label, synset in enumerate(["n01440764", "n01443537"]):  # tfds labels 0 and 1
             buf = io.BytesIO()
@@ -325,6 +325,12 @@ def test_imagenet_prepare_load_and_shard(tmp_path, tfds_prepare_env):
     with tarfile.open(manual / "ILSVRC2012_img_val.tar", "w") as val_tar:
         for i in range(1, 4):
             _add(val_tar, f"ILSVRC2012_val_{i:08d}.JPEG", _jpeg(300, 200 + 40 * i, 30 * i))
+
+
+def test_imagenet_prepare_load_and_shard(tmp_path, tfds_prepare_env):
+    """The fake archives prepared by tfds, read back, sharded, and as a resumable source."""
+    manual = tmp_path / "manual"
+    write_imagenet_archives(manual)
     data_dir = str(tmp_path / "tfds")
     train, val, info = data.load_imagenet(data_dir, batch_size=2, seed=0, prepare=True,
                                           manual_dir=str(manual))
@@ -345,6 +351,23 @@ def test_imagenet_prepare_load_and_shard(tmp_path, tfds_prepare_env):
     train, val, _ = data.load_imagenet(data_dir, batch_size=4, input_context=context)
     assert [x.shape[0] for x, _ in train] == [2, 2]  # 4 of the 8 images, batches of 4 / 2
     assert sum(int(x.shape[0]) for x, _ in val) == 1  # validation images 2 (of 1, 2, 3)
+
+    # Resumable order: epoch e depends only on (seed, e); a resumed epoch skips records.
+    source, _, _ = data.imagenet_source(data_dir, batch_size=2, seed=3)
+    assert source.steps_per_epoch == 4 and source.shards_input
+
+    def batches(dataset):
+        return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+    full = batches(source.epochs(0, 2))
+    assert len(full) == 8
+    for e in range(2):  # every epoch sees the 8 images once
+        assert sorted(np.concatenate([y for _, y in full[4 * e:4 * e + 4]])) == [0] * 4 + [1] * 4
+    for (xa, ya), (xb, yb) in zip(full[5:], batches(source.epochs(1, 2, skip=1))):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)  # same crops and flips
+    per_pipeline = batches(source.epochs(0, 1, input_context=context))
+    assert [x.shape[0] for x, _ in per_pipeline] == [1, 1, 1, 1]  # 4 steps, 1 image/replica
 
 
 def test_imagenet_preprocessing_on_encoded_and_decoded_images():

@@ -194,6 +194,39 @@ def normalise_cifar(image, name: str = "cifar10"):
     return (tf.cast(image, tf.float32) / 255.0 - tf.constant(mean)) / tf.constant(std)
 
 
+def cifar_source(name: str = "cifar10", data_dir: str | None = None, batch_size: int = 128,
+                 seed: int = 0, augment: bool = True, drop_remainder: bool = True):
+    """(EpochSource of the training batches, test pipeline, DatasetInfo) of CIFAR-10/100.
+
+    Epoch e of the training set is a permutation that depends only on (seed, e), and batch j
+    of it is augmented with the stateless key (seed, e, j), so a resumed run sees exactly the
+    batches an uninterrupted run would. See `load_cifar` for the rest.
+    """
+    from keras_ast.data.stream import in_memory_source
+
+    spec = _spec(name)
+    arrays = None
+    if data_dir:
+        data_dir = os.path.expanduser(os.fspath(data_dir))
+        if os.path.isdir(data_dir):
+            arrays = read_python_archive(name, data_dir) or _read_tfds(name, data_dir)
+    if arrays is None:
+        raise _not_found(name, data_dir)
+    (x_train, y_train), (x_test, y_test) = arrays
+
+    def transform(batch, key):
+        x, y = batch
+        return normalise_cifar(augment_cifar(x, key) if augment else x, name), y
+
+    source = in_memory_source((x_train, y_train), batch_size, seed, transform=transform,
+                              drop_remainder=drop_remainder)
+    test = (tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(batch_size)
+            .map(lambda x, y: (normalise_cifar(x, name), y), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+    info = DatasetInfo(name, spec["num_classes"], len(x_train), len(x_test), IMAGE_SHAPE)
+    return source, test, info
+
+
 def load_cifar(name: str = "cifar10", data_dir: str | None = None, batch_size: int = 128,
                seed: int = 0, augment: bool = True, drop_remainder: bool = True):
     """CIFAR-10 / CIFAR-100 as `tf.data` pipelines.
@@ -202,8 +235,7 @@ def load_cifar(name: str = "cifar10", data_dir: str | None = None, batch_size: i
     with `augment_cifar` (pad-4 random crop + flip, per image; new draws every epoch),
     normalised per channel with the standard mean/std, prefetched. Test: normalised only,
     in file order, last partial batch kept. Images float32 [B, 32, 32, 3], labels int32 [B].
-    The same `seed` (under the same global TF seed, e.g. `keras.utils.set_random_seed`) gives
-    the same stream.
+    The same `seed` gives the same stream. For a resumable order use `cifar_source`.
 
     Args:
       name: "cifar10" or "cifar100" (fine labels).
@@ -222,30 +254,6 @@ def load_cifar(name: str = "cifar10", data_dir: str | None = None, batch_size: i
         says which file to put where.
       ValueError: unknown `name`.
     """
-    spec = _spec(name)
-    arrays = None
-    if data_dir:
-        data_dir = os.path.expanduser(os.fspath(data_dir))
-        if os.path.isdir(data_dir):
-            arrays = read_python_archive(name, data_dir) or _read_tfds(name, data_dir)
-    if arrays is None:
-        raise _not_found(name, data_dir)
-    (x_train, y_train), (x_test, y_test) = arrays
-
-    train = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(
-        len(x_train), seed=seed, reshuffle_each_iteration=True
-    ).batch(batch_size, drop_remainder=drop_remainder)
-    if augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        train = tf.data.Dataset.zip((train, seeds)).map(
-            lambda xy, s: (normalise_cifar(augment_cifar(xy[0], s), name), xy[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        train = train.map(lambda x, y: (normalise_cifar(x, name), y),
-                          num_parallel_calls=tf.data.AUTOTUNE)
-    train = train.prefetch(tf.data.AUTOTUNE)
-    test = (tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(batch_size)
-            .map(lambda x, y: (normalise_cifar(x, name), y), num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
-    info = DatasetInfo(name, spec["num_classes"], len(x_train), len(x_test), IMAGE_SHAPE)
-    return train, test, info
+    source, test, info = cifar_source(name, data_dir, batch_size, seed, augment,
+                                      drop_remainder)
+    return source.reshuffled(), test, info

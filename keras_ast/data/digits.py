@@ -47,6 +47,23 @@ def load_digits_arrays(test_fraction: float = 0.25, seed: int = 0) -> DigitsSpli
     return DigitsSplit(x_train, y_train, x_test, y_test)
 
 
+def digits_source(batch_size: int = 64, test_fraction: float = 0.25, seed: int = 0,
+                  drop_remainder: bool = False):
+    """(EpochSource of the training batches, test pipeline): epoch e of the training set is
+    a permutation that depends only on (seed, e), so a resumed run sees the same batches."""
+    from keras_ast.data.stream import in_memory_source
+
+    split = load_digits_arrays(test_fraction, seed)
+    source = in_memory_source((split.x_train, split.y_train), batch_size, seed,
+                              drop_remainder=drop_remainder)
+    test = (
+        tf.data.Dataset.from_tensor_slices((split.x_test, split.y_test))
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return source, test
+
+
 def load_digits(
     batch_size: int = 64,
     test_fraction: float = 0.25,
@@ -55,18 +72,8 @@ def load_digits(
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Returns (train, test) `tf.data` pipelines of (image, label) batches.
 
-    The training set is shuffled with `seed` every epoch; the test set is not.
+    The training set is shuffled with `seed` every epoch (a new order each time it is
+    iterated); the test set is not. For a resumable order use `digits_source`.
     """
-    split = load_digits_arrays(test_fraction, seed)
-    train = (
-        tf.data.Dataset.from_tensor_slices((split.x_train, split.y_train))
-        .shuffle(len(split.x_train), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size, drop_remainder=drop_remainder)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    test = (
-        tf.data.Dataset.from_tensor_slices((split.x_test, split.y_test))
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    return train, test
+    source, test = digits_source(batch_size, test_fraction, seed, drop_remainder)
+    return source.reshuffled(), test

@@ -115,39 +115,8 @@ def _prepare(builder, data_dir, manual_dir, tfds):
         ) from err
 
 
-def load_imagenet(data_dir: str | None, batch_size: int = 256, seed: int = 0,
-                  prepare: bool = False, manual_dir: str | None = None,
-                  input_context: tf.distribute.InputContext | None = None,
-                  image_size: int = IMAGE_SIZE):
-    """ImageNet (tfds `imagenet2012`) as `tf.data` pipelines.
-
-    Train: files and records shuffled with `seed`, random resized crop + flip, normalised,
-    batched with the last partial batch dropped, prefetched. Validation: resize 256 / centre
-    crop 224, normalised, batched (last batch kept). Images float32 NHWC, labels int32.
-
-    Args:
-      data_dir: where tfds keeps (or, with `prepare`, will write) the prepared
-        `imagenet2012`; None means the tfds default (~/tensorflow_datasets).
-      batch_size: the global batch size; with `input_context`, each input pipeline batches
-        `input_context.get_per_replica_batch_size(batch_size)`.
-      seed: shuffle and augmentation seed (keep it the same on every worker).
-      prepare: first build the data set from the archives in `manual_dir` (a no-op when it
-        is already prepared). Otherwise nothing is written and nothing downloaded.
-      manual_dir: folder with ILSVRC2012_img_train.tar / ILSVRC2012_img_val.tar (default:
-        `data_dir`/downloads/manual).
-      input_context: a `tf.distribute.InputContext` (from
-        `strategy.distribute_datasets_from_function`): both splits are sharded with
-        `ds.shard(num_input_pipelines, input_pipeline_id)` and batched per replica.
-      image_size: side of the square output images.
-
-    Returns:
-      (train_ds, val_ds, DatasetInfo).
-
-    Raises:
-      DataNotFoundError (a FileNotFoundError): not prepared in `data_dir` (or, with
-        `prepare`, no archives in the manual dir); the message says what to put where and
-        the command that prepares it.
-    """
+def _builder(data_dir, prepare, manual_dir):
+    """The prepared tfds `imagenet2012` builder (preparing it first with `prepare`)."""
     import tensorflow_datasets as tfds
 
     if data_dir:
@@ -163,31 +132,135 @@ def load_imagenet(data_dir: str | None, batch_size: int = 256, seed: int = 0,
             "both in a manual dir (default DATA_DIR/downloads/manual) and prepare once with "
             f"{_prepare_command(data_dir, manual_dir)} (or load_imagenet(..., prepare=True, "
             "manual_dir=...)); nothing is downloaded")
-    splits = builder.info.splits
-    if input_context is not None:
-        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    return builder
 
-    read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16)
-    train = builder.as_dataset("train", as_supervised=True, shuffle_files=True,
-                               read_config=read_config,
-                               decoders={"image": tfds.decode.SkipDecoding()})
+
+def _validation(builder, batch_size, image_size, input_context=None):
+    """The validation pipeline (sharded and batched per replica with `input_context`)."""
+    import tensorflow_datasets as tfds
+
     val = builder.as_dataset("validation", as_supervised=True,
                              decoders={"image": tfds.decode.SkipDecoding()})
     if input_context is not None:
-        train = train.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         val = val.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    train = (tf.data.Dataset.zip((train.shuffle(SHUFFLE_BUFFER, seed=seed), seeds))
-             .map(lambda xy, s: (preprocess_train(xy[0], s, image_size),
-                                 tf.cast(xy[1], tf.int32)),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-             .batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-    val = (val.map(lambda x, y: (preprocess_eval(x, image_size), tf.cast(y, tf.int32)),
-                   num_parallel_calls=tf.data.AUTOTUNE)
-           .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    return (val.map(lambda x, y: (preprocess_eval(x, image_size), tf.cast(y, tf.int32)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def imagenet_source(data_dir: str | None, batch_size: int = 256, seed: int = 0,
+                    prepare: bool = False, manual_dir: str | None = None,
+                    image_size: int = IMAGE_SIZE):
+    """(EpochSource of the training batches, validation pipeline, DatasetInfo) of ImageNet.
+
+    Epoch e reads the training files of its input pipeline in an order that depends only on
+    (seed, e), interleaves them (16 at a time, deterministic), shuffles the records in blocks
+    of 10,000 (each by a stateless key from (seed, e, pipeline, block)) and augments example
+    i with the
+    stateless key (seed, e, i): a resumed epoch skips the records already trained on before
+    decoding them. Under tf.distribute each input pipeline (worker) reads its own share of
+    the files (`distribute_datasets_from_function`, record-level when there are fewer files
+    than pipelines) and batches per replica; every pipeline yields ``num_train //
+    batch_size`` batches per replica and epoch (each record of its shard once, topped up
+    from a second pass if its files hold a few records less). Arguments as in
+    `load_imagenet`.
+    """
+    import tensorflow_datasets as tfds
+
+    from keras_ast.data.stream import EpochSource, batch_key, permutation
+
+    builder = _builder(data_dir, prepare, manual_dir)
+    splits = builder.info.splits
+    files = sorted(os.fspath(p) for p in splits["train"].filepaths)
+    features = builder.info.features
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    steps = splits["train"].num_examples // batch_size
+
+    def parse(serialized):
+        example = features.deserialize_example(serialized, decoders=decoders)
+        return example["image"], tf.cast(example["label"], tf.int32)
+
+    def make_epoch(epoch, skip, context):
+        pipelines, pipeline, local_batch, replicas = 1, 0, batch_size, 1
+        if context is not None:
+            pipelines, pipeline = context.num_input_pipelines, context.input_pipeline_id
+            local_batch = context.get_per_replica_batch_size(batch_size)
+            replicas = context.num_replicas_in_sync // pipelines
+        by_file = len(files) >= pipelines
+        mine = files[pipeline::pipelines] if by_file else files
+        order = tf.gather(tf.constant(mine), permutation(len(mine), seed, epoch))
+        records = tf.data.Dataset.from_tensor_slices(order).interleave(
+            tf.data.TFRecordDataset, cycle_length=min(16, len(mine)),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if not by_file:
+            records = records.shard(pipelines, pipeline)
+        needed = steps * replicas * local_batch
+        # Shuffle blocks of SHUFFLE_BUFFER records, each by its own stateless key (a seeded
+        # tf.data shuffle cannot take a per-epoch tensor seed when the global seed is 0).
+        key = batch_key(seed, epoch, pipeline)
+        records = records.batch(SHUFFLE_BUFFER).enumerate().map(
+            lambda j, block: tf.random.experimental.stateless_shuffle(
+                block, tf.random.experimental.stateless_fold_in(key, j))).unbatch()
+        # Every record of the shard once, then (a shard a few records short) a second pass.
+        records = records.repeat().take(needed).enumerate().skip(skip * local_batch)
+        offset = pipeline * needed  # distinct augmentation keys on every pipeline
+        return (records
+                .map(lambda i, record: (lambda image, label: (
+                    preprocess_train(image, batch_key(seed, epoch, offset + i), image_size),
+                    label))(*parse(record)),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .batch(local_batch, drop_remainder=True))
+
+    source = EpochSource(make_epoch, steps, batch_size, seed, shards_input=True)
+    val = _validation(builder, batch_size, image_size)
     info = DatasetInfo("imagenet", NUM_CLASSES, splits["train"].num_examples,
                        splits["validation"].num_examples, (image_size, image_size, 3))
-    return train, val, info
+    return source, val, info
+
+
+def load_imagenet(data_dir: str | None, batch_size: int = 256, seed: int = 0,
+                  prepare: bool = False, manual_dir: str | None = None,
+                  input_context: tf.distribute.InputContext | None = None,
+                  image_size: int = IMAGE_SIZE):
+    """ImageNet (tfds `imagenet2012`) as `tf.data` pipelines.
+
+    Train: files and records shuffled with `seed` (a new order each time it is iterated),
+    random resized crop + flip, normalised, batched with the last partial batch dropped,
+    prefetched. Validation: resize 256 / centre crop 224, normalised, batched (last batch
+    kept). Images float32 NHWC, labels int32. For a resumable order use `imagenet_source`.
+
+    Args:
+      data_dir: where tfds keeps (or, with `prepare`, will write) the prepared
+        `imagenet2012`; None means the tfds default (~/tensorflow_datasets).
+      batch_size: the global batch size; with `input_context`, each input pipeline batches
+        `input_context.get_per_replica_batch_size(batch_size)`.
+      seed: shuffle and augmentation seed (keep it the same on every worker).
+      prepare: first build the data set from the archives in `manual_dir` (a no-op when it
+        is already prepared). Otherwise nothing is written and nothing downloaded.
+      manual_dir: folder with ILSVRC2012_img_train.tar / ILSVRC2012_img_val.tar (default:
+        `data_dir`/downloads/manual).
+      input_context: a `tf.distribute.InputContext` (from
+        `strategy.distribute_datasets_from_function`): the training files are split between
+        the input pipelines (its records when there are fewer files than pipelines), the
+        validation set is sharded with `ds.shard(num_input_pipelines, input_pipeline_id)`,
+        and both are batched per replica.
+      image_size: side of the square output images.
+
+    Returns:
+      (train_ds, val_ds, DatasetInfo).
+
+    Raises:
+      DataNotFoundError (a FileNotFoundError): not prepared in `data_dir` (or, with
+        `prepare`, no archives in the manual dir); the message says what to put where and
+        the command that prepares it.
+    """
+    source, val, info = imagenet_source(data_dir, batch_size, seed, prepare, manual_dir,
+                                        image_size)
+    if input_context is not None:
+        val = _validation(_builder(data_dir, False, manual_dir), batch_size, image_size,
+                          input_context)
+    return source.reshuffled(input_context), val, info
 
 
 def _main(argv):
