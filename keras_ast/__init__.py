@@ -14,7 +14,7 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from keras_ast.callbacks import PruneRegrow  # noqa: E402
+from keras_ast.callbacks import PruneRegrow, ScheduleError  # noqa: E402
 from keras_ast.checkpoint import BackupAndRestore, resume_fit  # noqa: E402
 from keras_ast.layers import (  # noqa: E402
     SparseConv2D,
@@ -40,6 +40,7 @@ __all__ = [
     "PruneRegrow",
     "RunRecorder",
     "SGD",
+    "ScheduleError",
     "SparseConv2D",
     "SparseDense",
     "SparseDepthwiseConv2D",

@@ -54,6 +54,10 @@ def _as_ratio_schedule(regrow_ratio, total_steps):
     return schedules.CosineDecay(initial, final, max(int(total_steps), 1))
 
 
+class ScheduleError(ValueError):
+    """A `PruneRegrow` schedule that cannot work for the run (raised before training starts)."""
+
+
 class PruneRegrow(keras.callbacks.Callback):
     """Gradual pruning plus prune-and-regrow of every sub-net's masks during ``fit``.
 
@@ -130,9 +134,18 @@ class PruneRegrow(keras.callbacks.Callback):
     def configure(self, total_steps):
         """Builds and checks the schedules for a run of `total_steps` iterations.
 
-        Raises ValueError (before any training) if a sub-net could not reach its final
-        sparsity within the run, or if the timing would make two sub-nets update together.
+        Raises `ScheduleError` (a ValueError; ``fit`` calls this before any training step) if a
+        sub-net could not reach its final sparsity within the run, if the timing would make two
+        sub-nets update together, or if a schedule argument is out of range.
         """
+        try:
+            self._configure(total_steps)
+        except ScheduleError:
+            raise
+        except ValueError as error:
+            raise ScheduleError(str(error)) from None
+
+    def _configure(self, total_steps):
         model = self.model
         end_step = self.end_step
         if end_step is None:
@@ -160,7 +173,7 @@ class PruneRegrow(keras.callbacks.Callback):
             last = schedule.final_update
             last += (k - last) % K
             if last >= total_steps:
-                raise ValueError(
+                raise ScheduleError(
                     f"sub-net {k} would reach its final sparsity {model.sparsities[k]} only at "
                     f"step {last}, but training has {total_steps} steps (0..{total_steps - 1}); "
                     f"lower end_step ({end_step}), frequency ({self.frequency}) or "

@@ -413,11 +413,16 @@ class ASTModel(keras.Model):
         kernel_ids = [position[id(layer.shared_kernel)] for layer in self.sparse_layers]
         masks, dense = (list(t) for t in zip(*self._recorded(subnet, records, product_grads)))
         if distribute.replicas_in_sync() > 1:
-            masked, dense, batch = self._global_gradients(kernel_ids, grads, masks, dense, batch)
+            masked, dense, batch, extras = self._global_gradients(kernel_ids, grads, masks,
+                                                                  dense, batch)
         else:
-            # dL/dW = dL/d(W*m) * m: already restricted to the sub-net's connections.
+            # dL/dW = dL/d(W*m) * m: already restricted to the sub-net's connections, plus,
+            # for a kernel with a regularizer, that term (it does not pass through W*m).
             masked = [d * m if grads[i] is None else ops.cast(grads[i], d.dtype)
                       for i, d, m in zip(kernel_ids, dense, masks)]
+            extras = {j: masked[j] - dense[j] * masks[j]
+                      for j, layer in enumerate(self.sparse_layers)
+                      if distribute.kernel_regularized(layer)}
         if self._pruner is not None:
             window = 1 if self.training_mode == "joint" else self.num_subnets
             count = len(masks)
@@ -426,7 +431,8 @@ class ASTModel(keras.Model):
                 self._pruner.update(self, step, subnet, dense)
                 new = [ops.cast(layer.mask_for(subnet), d.dtype)
                        for layer, d in zip(self.sparse_layers, dense)]
-                return new + [d * m for d, m in zip(dense, new)]
+                return new + [d * m + extras[j] if j in extras else d * m
+                              for j, (d, m) in enumerate(zip(dense, new))]
 
             outputs = ops.cond(self._pruner.is_due(step, subnet, window=window), updated,
                                lambda: masks + masked)
@@ -463,7 +469,8 @@ class ASTModel(keras.Model):
         replicas (one all-reduce), so the mask update, gradient correction and FLOPs count see
         the global batch on every replica. The kernels' gradients are then ``dense * m`` (the
         same as the per-replica ones summed, since m is 0/1), plus, for a kernel with a
-        regularizer, its reduced extra term. Returns (masked, dense, global batch)."""
+        regularizer, its reduced extra term. Returns (masked, dense, global batch, {layer
+        index: reduced extra term})."""
         extra = [i for i, layer in enumerate(self.sparse_layers)
                  if distribute.kernel_regularized(layer) and grads[kernel_ids[i]] is not None]
         local = dense + [ops.cast(grads[kernel_ids[i]], dense[i].dtype) - dense[i] * masks[i]
@@ -472,7 +479,7 @@ class ASTModel(keras.Model):
         dense, extras = reduced[:len(dense)], dict(zip(extra, reduced[len(dense):-1]))
         masked = [d * m + extras[i] if i in extras else d * m
                   for i, (d, m) in enumerate(zip(dense, masks))]
-        return masked, dense, reduced[-1]
+        return masked, dense, reduced[-1], extras
 
     # -------------------------------------------------------------------------- evaluation
     def test_step(self, data):

@@ -197,6 +197,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel INFO lines
+    from keras_ast.callbacks import ScheduleError
     from keras_ast.checkpoint import CheckpointError
 
     try:
@@ -206,6 +207,11 @@ def main(argv):
         summary = runner.run(FLAGS, sparsities)
     except (FlagError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except ScheduleError as error:  # raised by fit before the first step
+        print(f"error: the pruning schedule does not fit this run ({error}); in flags: "
+              "--update_frequency and --adjustment_period are in steps, end_step is "
+              "--prune_end_epoch (default 68.75% of --epochs)", file=sys.stderr)
         sys.exit(2)
     if summary is not None:  # None on the workers other than the chief
         print(runner.format_table(summary))

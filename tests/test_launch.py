@@ -75,6 +75,17 @@ def test_bad_flags_fail_with_one_line(args, message, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing was built
 
 
+def test_schedule_that_cannot_fit_the_run_fails_with_one_line(tmp_path):
+    """Two epochs of 42 steps: the default schedule (an update every epoch, pruning until
+    68.75 %) cannot reach the final sparsity; the run stops before any step, with one line."""
+    result = _launch("--epochs=2", f"--output_dir={tmp_path}/out", timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "would reach its final sparsity" in lines[0]
+    assert "--update_frequency" in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
 def test_missing_cifar_data_names_the_file(tmp_path):
     result = _launch("--dataset=cifar10", f"--data_dir={tmp_path}", "--model=wrn32",
                      f"--output_dir={tmp_path}/out", timeout=120)

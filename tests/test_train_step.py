@@ -187,3 +187,35 @@ def test_steps_per_execution_gives_the_same_run(digits):
     assert int(runs[1].iteration.numpy()) == 36
     for a, b in zip(runs[0].weights, runs[1].weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=a.path)
+
+
+def test_kernel_regularizer_still_acts_on_a_mask_update_step(digits_batches):
+    """On a step that updates the masks, the kernel gradient is re-masked with the new mask;
+    a kernel regularizer's term (it does not pass through W*m) must survive that: with
+    momentum 0, entries outside the new mask move by exactly -lr * 2c W (L2(c))."""
+    x, y = digits_batches
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="stem_conv")(inputs)
+    h = keras.layers.Conv2D(8, 3, padding="same", name="conv",
+                            kernel_regularizer=keras.regularizers.L2(0.01))(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    plain = keras.Model(inputs, keras.layers.Dense(10, name="classifier")(h))
+    model = compile_ast(keras_ast.ASTModel.from_model(plain, [0.6]), lr=0.1, momentum=0.0)
+    # Random initial masks at 40 %, then an update at step 0 (death and regrowth change them).
+    prune = keras_ast.PruneRegrow(frequency=4, adjustment_period=0, end_step=4,
+                                  initial_sparsity=0.4, total_steps=16)
+    layer = model.network.get_layer("conv")
+    before = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            before["kernel"] = np.asarray(layer.shared_kernel).copy()
+            before["mask"] = np.asarray(layer.masks[0]).copy()
+
+    model.fit(x[:32], y[:32], batch_size=32, epochs=1, shuffle=False, verbose=0,
+              callbacks=[prune, Snapshot()])
+    new_mask = np.asarray(layer.masks[0]) > 0
+    assert np.any(new_mask != (before["mask"] > 0)), "the step should have changed the mask"
+    outside = ~new_mask
+    np.testing.assert_allclose(np.asarray(layer.shared_kernel)[outside],
+                               before["kernel"][outside] * (1 - 0.1 * 2 * 0.01), rtol=1e-6)
