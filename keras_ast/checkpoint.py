@@ -28,25 +28,23 @@ exist and none is usable, `CheckpointError` is raised: training never silently r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import time
 
 import keras
 import numpy as np
 
 from keras_ast import distribute
+from keras_ast.atomic import TEMPORARY_PREFIX, atomic_output, remove, write_json
 
 LOGGER = logging.getLogger("keras_ast")
 FORMAT = 1
 _MANIFEST = re.compile(r"^ckpt-(\d{9})\.json$")
-_TEMPORARY = ".tmp-"
 
 
 class CheckpointError(RuntimeError):
@@ -74,75 +72,6 @@ class CheckpointFiles:
     @property
     def rng(self):
         return self.path(".rng.npz")
-
-
-# ----------------------------------------------------------------------------- durable writes
-def fsync_directory(directory):
-    """Flushes a directory entry (a rename) to disk; a no-op where directories cannot be
-    opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path):
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def temporary_name(path):
-    """A temporary name for `path` in the same directory (same file system, so the final
-    ``os.replace`` is atomic), keeping its extensions (Keras checks them)."""
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f"{_TEMPORARY}{os.getpid()}-{name}")
-
-
-@contextlib.contextmanager
-def atomic_output(path):
-    """Yields a temporary path to write a file or directory to; on success it is flushed and
-    renamed to `path` (replacing an existing one), on error removed. Readers never see a
-    partial `path`."""
-    tmp = temporary_name(path)
-    _remove(tmp)
-    try:
-        yield tmp
-        if os.path.isdir(tmp):
-            for root, _, names in os.walk(tmp):
-                for name in names:
-                    _fsync_file(os.path.join(root, name))
-            old = None
-            if os.path.exists(path):  # a directory cannot replace a non-empty one
-                old = temporary_name(path + ".old")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            _fsync_file(tmp)
-            os.replace(tmp, path)
-        fsync_directory(os.path.dirname(path) or ".")
-    finally:
-        _remove(tmp)
-
-
-def _remove(path):
-    if path and os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif path and os.path.lexists(path):
-        os.remove(path)
-
-
-def write_json(path, value):
-    """Writes `value` as JSON to `path` atomically."""
-    with atomic_output(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(value, f, indent=2)
 
 
 def _digest(path):
@@ -321,7 +250,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         files = CheckpointFiles(self.backup_dir, step)
         os.makedirs(self.backup_dir, exist_ok=True)
         self._remove_temporaries()
-        _remove(files.manifest)  # never a manifest beside a file being replaced
+        remove(files.manifest)  # never a manifest beside a file being replaced
         with atomic_output(files.weights) as tmp:
             model.save_weights(tmp)
         with atomic_output(files.rng) as tmp:
@@ -342,14 +271,14 @@ class BackupAndRestore(keras.callbacks.Callback):
         })
         for old in self.checkpoints()[self.keep:]:
             for path in (old.manifest, old.weights, old.rng):
-                _remove(path)
+                remove(path)
         self._saved_step = step
         return files
 
     def _remove_temporaries(self):
         for name in os.listdir(self.backup_dir):
-            if name.startswith(_TEMPORARY):
-                _remove(os.path.join(self.backup_dir, name))
+            if name.startswith(TEMPORARY_PREFIX):
+                remove(os.path.join(self.backup_dir, name))
 
     # ------------------------------------------------------------------------ keras hooks
     def on_train_begin(self, logs=None):

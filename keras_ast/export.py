@@ -11,12 +11,12 @@ For N:M sub-nets, `export_subnet` checks the folded kernels against the sub-net'
 from __future__ import annotations
 
 import os
-import shutil
 
 import keras
 import numpy as np
 
 from keras_ast import layers as ast_layers
+from keras_ast.atomic import atomic_output
 from keras_ast.nm import check_nm
 
 _PLAIN = {sparse: plain for plain, sparse in ast_layers.SPARSE_EQUIVALENT.items()}
@@ -74,11 +74,8 @@ def export_subnet(model, subnet: int, path: str) -> str:
                 f"sub-net {subnet}'s kernels break its {pattern} pattern (zeros notation) in "
                 f"{len(bad)} layers (violating groups: {bad}); nothing was exported to {path}"
             )
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.export(tmp, verbose=False)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        plain.export(tmp, verbose=False)
     return path
 
 

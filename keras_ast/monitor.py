@@ -22,7 +22,7 @@ import os
 import keras
 import numpy as np
 
-from keras_ast import cost
+from keras_ast import atomic, cost
 
 RUN_INFO = "run.json"
 HISTORY = "metrics.jsonl"
@@ -85,12 +85,6 @@ class SubnetValidation(keras.callbacks.Callback):
         if logs is not None:
             for k, metrics in results.items():
                 logs.update({f"val_{name}_{k}": float(v) for name, v in metrics.items()})
-
-
-def _atomic_write(path, write):
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _layer_sparsity(masks):
@@ -159,7 +153,7 @@ class RunRecorder(keras.callbacks.Callback):
             "steps_per_epoch": self.params.get("steps"),
             "log_dir": self.log_dir,
         }
-        _atomic_write(self._path(RUN_INFO), lambda p: _write_json(p, info))
+        atomic.write_json(self._path(RUN_INFO), info)
         if int(model.iteration.numpy()) == 0:
             open(self._path(HISTORY), "w").close()  # a new run: a new history
         self._previous_gc = model.gradient_statistics()
@@ -190,7 +184,9 @@ class RunRecorder(keras.callbacks.Callback):
             f.write(json.dumps(record) + "\n")
         arrays = {mask_key(k, name): m.astype(bool) for k, subnet in enumerate(masks)
                   for name, m in subnet.items()}
-        _atomic_write(self._path(MASKS), lambda p: _save_npz(p, arrays))
+        with atomic.atomic_output(self._path(MASKS)) as tmp:
+            with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+                np.savez_compressed(f, **arrays)
         if self._writer is not None:
             self._write_summaries(epoch, record, model)
 
@@ -234,13 +230,3 @@ def gc_fractions(counts, suffix=""):
         f"gc_cosine{suffix}": counts["cosine_sum"] / counts["steps"],
         f"gc_corrected{suffix}": counts["corrected_steps"] / counts["steps"],
     }
-
-
-def _write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
-
-
-def _save_npz(path, arrays):
-    with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a name
-        np.savez_compressed(f, **arrays)

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 import keras_ast
-from keras_ast import checkpoint, distribute, export, models, nm
+from keras_ast import atomic, checkpoint, distribute, export, models, nm
 from keras_ast import data as data_lib
 
 NM_NOTATION = ("N:M = N zeros in every group of M consecutive input channels (the AST "
@@ -164,8 +164,7 @@ def run(flags, sparsities):
         for k, metrics in results.items():
             subnet = k if index is None else index
             path = os.path.join(export_dir, f"subnet_{subnet}")
-            with checkpoint.atomic_output(path) as tmp:
-                export.export_subnet(model, k, tmp)
+            export.export_subnet(model, k, path)
             entries.append({
                 "subnet": subnet,
                 "target_sparsity": model.sparsities[k],
@@ -180,7 +179,7 @@ def run(flags, sparsities):
                 **_nm_entry(model, k, path),
             })
         name = "model.keras" if index is None else f"model_subnet{index}.keras"
-        with checkpoint.atomic_output(os.path.join(flags.output_dir, name)) as tmp:
+        with atomic.atomic_output(os.path.join(flags.output_dir, name)) as tmp:
             model.save(tmp)
     if not chief:
         return None
@@ -205,7 +204,7 @@ def run(flags, sparsities):
     }
     if patterns is not None:
         summary["nm_notation"] = NM_NOTATION
-    checkpoint.write_json(os.path.join(flags.output_dir, "summary.json"), summary)
+    atomic.write_json(os.path.join(flags.output_dir, "summary.json"), summary)
     for path in backup_dirs(flags, len(runs)):  # the run is complete: drop its checkpoints
         shutil.rmtree(path, ignore_errors=True)
     if len(runs) > 1:

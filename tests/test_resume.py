@@ -19,7 +19,7 @@ import pytest
 
 import keras_ast
 from conftest import compile_ast
-from keras_ast import checkpoint
+from keras_ast import atomic, checkpoint
 from keras_ast.data import load_digits_arrays
 from keras_ast.data.stream import in_memory_source
 
@@ -194,7 +194,7 @@ def test_bad_checkpoints_fall_back_to_the_previous_good_one(tmp_path, caplog):
     files = {f.step: f for f in backup.checkpoints()}
     assert sorted(files) == [4, 8, 12]
     # A killed save leaves temporaries and a weights file without manifest: both ignored.
-    Path(checkpoint.temporary_name(files[12].path(".weights.h5"))).write_bytes(b"partial")
+    Path(atomic.temporary_name(files[12].path(".weights.h5"))).write_bytes(b"partial")
     Path(files[12].path("").replace("000000012", "000000016") + ".weights.h5").write_bytes(b"x")
 
     weights = Path(files[12].weights)
