@@ -112,10 +112,15 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
     return model, start
 
 
+def backup_root(flags):
+    """--backup_dir, default <output_dir>/backup: all the run's checkpoints are below it."""
+    return flags.backup_dir or os.path.join(flags.output_dir, "backup")
+
+
 def backup_dirs(flags, num_runs):
     """The checkpoint directory of each training run (one per sub-net with
     --mode=individual)."""
-    root = flags.backup_dir or os.path.join(flags.output_dir, "backup")
+    root = backup_root(flags)
     return [root] if num_runs == 1 else [os.path.join(root, f"run_{k}")
                                          for k in range(num_runs)]
 
@@ -205,10 +210,7 @@ def run(flags, sparsities):
     if patterns is not None:
         summary["nm_notation"] = NM_NOTATION
     atomic.write_json(os.path.join(flags.output_dir, "summary.json"), summary)
-    for path in backup_dirs(flags, len(runs)):  # the run is complete: drop its checkpoints
-        shutil.rmtree(path, ignore_errors=True)
-    if len(runs) > 1:
-        shutil.rmtree(os.path.dirname(backup_dirs(flags, len(runs))[0]), ignore_errors=True)
+    shutil.rmtree(backup_root(flags), ignore_errors=True)  # the run is complete
     return summary
 
 

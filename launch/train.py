@@ -170,6 +170,7 @@ def check_nm_flags():
 def check_distribution_flags():
     """Validates the distribution and checkpoint flags; raises FlagError."""
     from keras_ast import checkpoint
+    from launch.runner import backup_root
 
     if FLAGS.distribution not in DISTRIBUTIONS:
         raise FlagError(f"unknown --distribution={FLAGS.distribution!r}; use one of "
@@ -184,7 +185,7 @@ def check_distribution_flags():
         value = getattr(FLAGS, name)
         if value is not None and value < 1:
             raise FlagError(f"--{name} must be >= 1, got {value}")
-    backup_dir = FLAGS.backup_dir or os.path.join(FLAGS.output_dir, "backup")
+    backup_dir = backup_root(FLAGS)
     if not FLAGS.resume and os.path.isdir(backup_dir) and any(
             checkpoint.BackupAndRestore(d).checkpoints()
             for d in [backup_dir] + [os.path.join(backup_dir, n) for n in os.listdir(backup_dir)]):
