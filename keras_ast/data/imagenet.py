@@ -151,7 +151,8 @@ def _validation(builder, batch_size, image_size, input_context=None):
 
 def imagenet_source(data_dir: str | None, batch_size: int = 256, seed: int = 0,
                     prepare: bool = False, manual_dir: str | None = None,
-                    image_size: int = IMAGE_SIZE):
+                    image_size: int = IMAGE_SIZE,
+                    input_context: tf.distribute.InputContext | None = None):
     """(EpochSource of the training batches, validation pipeline, DatasetInfo) of ImageNet.
 
     Epoch e reads the training files of its input pipeline in an order that depends only on
@@ -164,7 +165,8 @@ def imagenet_source(data_dir: str | None, batch_size: int = 256, seed: int = 0,
     than pipelines) and batches per replica; every pipeline yields ``num_train //
     batch_size`` batches per replica and epoch (each record of its shard once, topped up
     from a second pass if its files hold a few records less). Arguments as in
-    `load_imagenet`.
+    `load_imagenet`; `input_context` shards and batches the validation pipeline only (the
+    source takes its context per call).
     """
     import tensorflow_datasets as tfds
 
@@ -213,7 +215,7 @@ def imagenet_source(data_dir: str | None, batch_size: int = 256, seed: int = 0,
                 .batch(local_batch, drop_remainder=True))
 
     source = EpochSource(make_epoch, steps, batch_size, seed, shards_input=True)
-    val = _validation(builder, batch_size, image_size)
+    val = _validation(builder, batch_size, image_size, input_context)
     info = DatasetInfo("imagenet", NUM_CLASSES, splits["train"].num_examples,
                        splits["validation"].num_examples, (image_size, image_size, 3))
     return source, val, info
@@ -256,10 +258,7 @@ def load_imagenet(data_dir: str | None, batch_size: int = 256, seed: int = 0,
         the command that prepares it.
     """
     source, val, info = imagenet_source(data_dir, batch_size, seed, prepare, manual_dir,
-                                        image_size)
-    if input_context is not None:
-        val = _validation(_builder(data_dir, False, manual_dir), batch_size, image_size,
-                          input_context)
+                                        image_size, input_context)
     return source.reshuffled(input_context), val, info
 
 

@@ -65,6 +65,15 @@ class EpochSource:
             epoch, skip, context).map(function, num_parallel_calls=tf.data.AUTOTUNE,
                                       deterministic=True))
 
+    def _pipeline(self, input_context):
+        """(the input context `make_epoch` gets, replicas fed per input pipeline): the context
+        and its replica count when the source shards its input, else None and 1 (one global
+        stream)."""
+        if input_context is None or not self.shards_input:
+            return None, 1
+        return input_context, (input_context.num_replicas_in_sync
+                               // input_context.num_input_pipelines)
+
     def epochs(self, first: int, last: int, skip: int = 0, input_context=None):
         """One dataset of the batches of epochs ``[first, last)``, without the first `skip`
         batches of epoch `first` (the ones a resumed run has already trained on)."""
@@ -75,11 +84,7 @@ class EpochSource:
             raise ValueError(f"the training set makes no batch of {self.batch_size}")
         if not 0 <= skip < self.steps_per_epoch:
             raise ValueError(f"skip must be in [0, {self.steps_per_epoch}), got {skip}")
-        replicas = 1
-        if input_context is not None and self.shards_input:
-            replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-        else:
-            input_context = None
+        input_context, replicas = self._pipeline(input_context)
 
         def one_epoch(epoch):
             skipped = tf.where(epoch == first, tf.constant(skip, tf.int64),
@@ -109,11 +114,7 @@ class EpochSource:
         ``fit(train, epochs=...)`` expects); reproducible from the seed, but not resumable
         mid-run: use `epochs` for that."""
         keys = tf.data.Dataset.random(seed=self.seed, rerandomize_each_iteration=True).take(1)
-        replicas = 1
-        if input_context is not None and self.shards_input:
-            replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-        else:
-            input_context = None
+        input_context, replicas = self._pipeline(input_context)
         dataset = keys.flat_map(
             lambda key: self.make_epoch(key, tf.constant(0, tf.int64), input_context))
         return dataset.apply(tf.data.experimental.assert_cardinality(
