@@ -87,7 +87,8 @@ class SubnetValidation(keras.callbacks.Callback):
                 logs.update({f"val_{name}_{k}": float(v) for name, v in metrics.items()})
 
 
-def _layer_sparsity(masks):
+def layer_sparsity(masks):
+    """{layer: fraction of zeros} of one sub-net's ``{layer: 0/1 mask}``."""
     return {name: 1.0 - float(m.mean()) for name, m in masks.items()}
 
 
@@ -175,7 +176,7 @@ class RunRecorder(keras.callbacks.Callback):
             "iteration": int(model.iteration.numpy()),
             "logs": {name: float(v) for name, v in (logs or {}).items()
                      if np.ndim(v) == 0},
-            "layer_sparsity": [_layer_sparsity(m) for m in masks],
+            "layer_sparsity": [layer_sparsity(m) for m in masks],
             "gc": gc,
             "train_flops": [model.training_flops[k] for k in range(model.num_subnets)],
             "train_examples": model.training_examples,

@@ -89,7 +89,7 @@ def load_run(run_dir) -> Run:
 # ------------------------------------------------------------------------------------ numbers
 def layer_sparsity(run):
     """[{layer: fraction of zeros in sub-net k's mask}] for each k."""
-    return [{name: 1.0 - float(m.mean()) for name, m in masks.items()} for masks in run.masks]
+    return [monitor.layer_sparsity(masks) for masks in run.masks]
 
 
 def subnet_sparsity(run):
@@ -102,12 +102,12 @@ def mask_xor(run):
     """{(a, b): {layer: fraction of the layer's weights where masks a and b differ}} for every
     pair a < b, plus ``"all"``: the fraction over all prunable kernels together."""
     result = {}
+    sizes = {name: run.masks[0][name].size for name in run.layers}
     for a, b in itertools.combinations(range(run.num_subnets), 2):
-        layers = {name: float(np.mean(run.masks[a][name] != run.masks[b][name]))
+        differ = {name: int(np.sum(run.masks[a][name] != run.masks[b][name]))
                   for name in run.layers}
-        differ = sum(int(np.sum(run.masks[a][name] != run.masks[b][name]))
-                     for name in run.layers)
-        layers["all"] = differ / sum(run.masks[a][name].size for name in run.layers)
+        layers = {name: count / sizes[name] for name, count in differ.items()}
+        layers["all"] = sum(differ.values()) / sum(sizes.values())
         result[(a, b)] = layers
     return result
 
@@ -119,14 +119,16 @@ def gc_per_epoch(run):
     for record in run.history:
         for i, counts in record.get("gc", {}).items():
             if counts["steps"] > 0:
-                values = gc_fractions(counts)
-                values["gc_ratio"] = _ratio(counts["negative"], counts["positive"])
-                series.setdefault(int(i), []).append((record["epoch"], values))
+                series.setdefault(int(i), []).append((record["epoch"], _gc_numbers(counts)))
     return series
 
 
-def _ratio(a, b):
-    return a / b if b > 0 else float("inf") if a > 0 else float("nan")
+def _gc_numbers(counts):
+    """`monitor.gc_fractions` of `counts` plus ``gc_ratio``: negative / positive products."""
+    negative, positive = counts["negative"], counts["positive"]
+    ratio = (negative / positive if positive > 0 else float("inf") if negative > 0
+             else float("nan"))
+    return {**gc_fractions(counts), "gc_ratio": ratio}
 
 
 def gc_totals(run):
@@ -139,8 +141,7 @@ def gc_totals(run):
                 row[name] += value
     for counts in totals.values():
         if counts["steps"] > 0:
-            counts.update(gc_fractions(counts))
-            counts["gc_ratio"] = _ratio(counts["negative"], counts["positive"])
+            counts.update(_gc_numbers(counts))
     return totals
 
 
