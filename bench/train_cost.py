@@ -17,7 +17,7 @@ excluded. An epoch's time runs from on_epoch_begin to on_epoch_end (mask updates
 over rounds of the per-round ratio, with its interquartile range. Then training FLOPs (counted
 from the masks during training) and the final test accuracy of every sub-net.
 
-    python bench/train_cost.py                       # ~4 min on 2 CPU cores
+    python bench/train_cost.py                       # about 3 min on 2 CPU cores
     python bench/train_cost.py --width=32 --batch_size=32   # tiny steps: fixed costs dominate
     python bench/train_cost.py --width=32 --batch_size=32 --steps_per_execution=8
     python bench/train_cost.py --width=128 --epochs=40 --update_frequency=200
@@ -33,12 +33,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import keras_ast  # noqa: E402
 from keras_ast.data import load_digits  # noqa: E402
 from keras_ast.models import small_cnn  # noqa: E402
+from timing import EpochTimer, paired_ratio  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("width", 64, "Width of the small CNN (parameters grow with its square).")
@@ -59,20 +59,6 @@ flags.DEFINE_integer("update_frequency", 100,
 # Goals of the issue that asked for this benchmark: (numerator, denominator, bound).
 GOALS = (("ast_gc", "individual", 1.05), ("ast_gc", "joint", 0.40), ("ast_gc", "ast", 1.03),
          ("ast_gc", "dense", 1.10))
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Records the wall time of each epoch, between on_epoch_begin and on_epoch_end."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
 
 
 def _compile(model, total_steps):
@@ -107,13 +93,6 @@ def build_configs(sparsities, total_steps):
         )
         configs[name] = (_compile(model, total_steps), prune)
     return configs
-
-
-def paired_ratio(times, numerator, denominator):
-    """Median and interquartile range over rounds of times[numerator][r] / times[den.][r]."""
-    ratios = np.asarray(times[numerator]) / np.asarray(times[denominator])
-    return (float(np.median(ratios)), float(np.percentile(ratios, 25)),
-            float(np.percentile(ratios, 75)))
 
 
 def main(argv):

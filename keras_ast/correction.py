@@ -89,8 +89,8 @@ def project(grads, refs, scope="layerwise", enabled=True, masks=None):
 def _project(grads, refs, masks, scope):
     if masks is not None:
         refs = [h * ops.cast(m, h.dtype) for h, m in zip(refs, masks)]
-    # sum(a * b), not ops.vdot: on CPU vdot becomes a [1, n] x [n, 1] MKL matmul, ~35x slower
-    # for a 37 k-entry kernel (bench: 72 us vs 2 us).
+    # sum(a * b), not ops.vdot: on CPU vdot becomes a [1, n] x [n, 1] matrix product; the inner
+    # products of the small CNN's kernels take 1.5-1.7x as long (python bench/step_parts.py).
     dots = [ops.sum(g * h) for g, h in zip(grads, refs)]
     ref_norms = [ops.sum(ops.square(h)) for h in refs]
     grad_norms = [ops.sum(ops.square(g)) for g in grads]

@@ -4,8 +4,9 @@ layer-wise death and regrowth, nesting of masks, random initial masks.
 Masks are float tensors of 0s and 1s with the kernel's shape. Every selection is by *rank*,
 not by a threshold value, so the number of kept entries is exact even when scores tie, and
 shapes stay static (works under XLA). The rank cut is found by a radix select over the bits of
-the float32 scores (three histogram passes, no sort): 3x faster than a full argsort at 65 k
-weights and 20x at 1.9 M (a WRN-32 mask update: 710 -> 123 ms), see `top_count`.
+the float32 scores (three histogram passes, no sort), see `top_count`: a whole mask update
+is 2.6x faster than with a full argsort at 65 k weights and 5-6x on WRN-32's 1.85 M
+(`python bench/step_parts.py`).
 """
 
 from __future__ import annotations
