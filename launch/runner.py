@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import time
 
 import keras
 import tensorflow as tf
@@ -80,15 +81,42 @@ def _monitor_callbacks(flags, test, run_dir, chief=True):
     return callbacks
 
 
+def build_plain_model(flags, info):
+    """The --model for the data set `info` describes (--width_multiplier for resnet20)."""
+    kwargs = {"width_multiplier": flags.width_multiplier} if flags.model == "resnet20" else {}
+    return models.get_model(flags.model, num_classes=info.num_classes,
+                            input_shape=info.image_shape, **kwargs)
+
+
+def data_options(flags):
+    """`keras_ast.data.load_source` keyword arguments from --image_size, --augment and
+    --train_subset (only those the data set takes)."""
+    if flags.dataset not in ("image_folder", "fashion_mnist"):
+        return {}
+    augment = {"auto": None, "on": True, "off": False}[flags.augment]
+    options = {"augment": augment, "train_subset": flags.train_subset}
+    if flags.dataset == "image_folder" and flags.image_size:
+        options["image_size"] = tuple(int(v) for v in flags.image_size)
+    return options
+
+
+def _dense_monitor(flags, chief):
+    """--mode=dense: TensorBoard logs only (the run records describe sub-nets and masks)."""
+    if not (chief and flags.tensorboard):
+        return []
+    return [keras.callbacks.TensorBoard(os.path.join(flags.output_dir, "logs"),
+                                        write_graph=False)]
+
+
 def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
               training="alternating", patterns=None, callbacks=()):
-    """Builds and compiles one ASTModel (N:M `patterns` if given) under `strategy` and trains
-    it with `resume_fit` (checkpoints in `backup_dir`; with --resume it continues the run saved
-    there). Returns (model, the step it resumed from)."""
+    """Builds and compiles one ASTModel (N:M `patterns` if given; the plain model when
+    `training` is "dense") under `strategy` and trains it with `resume_fit` (checkpoints in
+    `backup_dir`; with --resume it continues the run saved there). Returns (model, the step it
+    resumed from, seconds spent in training)."""
     with strategy.scope():
-        plain = models.get_model(flags.model, num_classes=info.num_classes,
-                                 input_shape=info.image_shape)
-        model = keras_ast.ASTModel.from_model(
+        plain = build_plain_model(flags, info)
+        model = plain if training == "dense" else keras_ast.ASTModel.from_model(
             plain, sparsities, dense_layers=models.dense_layers(flags.model),
             gc="off" if training == "joint" else flags.gc, gc_reference=flags.gc_reference,
             training=training, nm=patterns,
@@ -104,12 +132,13 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
                                          keep=flags.keep_checkpoints)
     if flags.resume and not backup.checkpoints():
         print(f"--resume: no checkpoint in {backup_dir} yet, starting from step 0")
+    prune = ([] if training == "dense"
+             else [_prune_callback(flags, len(sparsities), source.steps_per_epoch)])
+    began = time.perf_counter()
     start, _ = checkpoint.resume_fit(
         model, source, flags.epochs, backup, strategy=strategy, verbose=flags.verbose,
-        shuffle=False,
-        callbacks=[_prune_callback(flags, len(sparsities), source.steps_per_epoch),
-                   *callbacks])
-    return model, start
+        shuffle=False, callbacks=[*prune, *callbacks])
+    return model, start, time.perf_counter() - began
 
 
 def backup_root(flags):
@@ -131,8 +160,8 @@ def run(flags, sparsities):
     strategy = distribute.make_strategy(flags.distribution)
     chief = distribute.is_chief(strategy)
     source, test, info = data_lib.load_source(
-        flags.dataset, data_dir=flags.data_dir, batch_size=flags.batch_size, seed=flags.seed
-    )
+        flags.dataset, data_dir=flags.data_dir, batch_size=flags.batch_size, seed=flags.seed,
+        **data_options(flags))
     to_one_hot, loss = _one_hot(info.num_classes, flags.label_smoothing)
     if to_one_hot is not None:
         source, test = source.map(to_one_hot), test.map(to_one_hot)
@@ -143,12 +172,15 @@ def run(flags, sparsities):
         os.makedirs(flags.output_dir, exist_ok=True)
     export_dir = os.path.join(flags.output_dir, "export")
     patterns = nm_patterns(flags)
-    if flags.mode in ("ast", "joint"):
-        training = "joint" if flags.mode == "joint" else "alternating"
-        run_dirs = [flags.output_dir]
+    if flags.mode in ("ast", "joint", "dense"):
+        training = {"ast": "alternating"}.get(flags.mode, flags.mode)
+        if flags.mode == "dense":
+            sparsities, patterns = [0.0], None
+        run_dirs = [] if flags.mode == "dense" else [flags.output_dir]
+        monitor = (_dense_monitor(flags, chief) if flags.mode == "dense"
+                   else _monitor_callbacks(flags, test, flags.output_dir, chief))
         runs = [(*train_ast(flags, sparsities, source, info, loss, strategy,
-                            backup_dirs(flags, 1)[0], training, patterns,
-                            _monitor_callbacks(flags, test, flags.output_dir, chief)), None)]
+                            backup_dirs(flags, 1)[0], training, patterns, monitor), None)]
     else:  # individual: one K=1 run per sparsity, exported as subnet_<k>
         run_dirs = [os.path.join(flags.output_dir, f"individual_{k}")
                     for k in range(len(sparsities))]
@@ -159,7 +191,17 @@ def run(flags, sparsities):
                 for k, (s, run_dir) in enumerate(zip(sparsities, run_dirs))]
     entries = []
     total_flops = 0.0
-    for model, _, index in runs:
+    examples = flags.epochs * steps_per_epoch * flags.batch_size
+    for model, _, _, index in runs:
+        if flags.mode == "dense":
+            entries.append(_dense_entry(flags, model, test, examples, export_dir, chief))
+            total_flops += entries[-1]["training_flops"]
+            dense_flops = entries[-1]["training_flops"]
+            if chief:
+                with atomic.atomic_output(os.path.join(flags.output_dir, "model.keras")) as tmp:
+                    model.save(tmp)
+            continue
+        dense_flops = examples * model.training_flops["dense_example"]
         with strategy.scope():  # every worker takes part in the evaluation's all-reduces
             results = model.evaluate_subnets(test)
         if not chief:  # only the chief writes results (the other workers' models are equal)
@@ -168,20 +210,23 @@ def run(flags, sparsities):
         total_flops += flops["total"]
         for k, metrics in results.items():
             subnet = k if index is None else index
-            path = os.path.join(export_dir, f"subnet_{subnet}")
-            export.export_subnet(model, k, path)
+            path = os.path.join(export_dir, f"subnet_{subnet}") if flags.export else None
+            if path is not None:
+                export.export_subnet(model, k, path)
+                measured = export.saved_model_sparsity(
+                    path, [layer.name for layer in model.sparse_layers])
+            else:
+                measured = model.subnet_sparsity(k)
             entries.append({
                 "subnet": subnet,
                 "target_sparsity": model.sparsities[k],
-                "measured_sparsity": export.saved_model_sparsity(
-                    path, [layer.name for layer in model.sparse_layers]
-                ),
+                "measured_sparsity": measured,
                 "overall_sparsity": model.overall_sparsity(k),
                 "accuracy": metrics["accuracy"],
                 "training_flops": flops[k],
                 "loss": metrics["loss"],
                 "export_path": path,
-                **_nm_entry(model, k, path),
+                **(_nm_entry(model, k, path) if path is not None else {}),
             })
         name = "model.keras" if index is None else f"model_subnet{index}.keras"
         with atomic.atomic_output(os.path.join(flags.output_dir, name)) as tmp:
@@ -192,17 +237,25 @@ def run(flags, sparsities):
         "dataset": flags.dataset,
         "model": flags.model,
         "mode": flags.mode,
-        "gc": flags.gc,
+        "gc": flags.gc if flags.mode in ("ast", "individual") else "off",
         "epochs": flags.epochs,
         "steps_per_epoch": steps_per_epoch,
         "distribution": flags.distribution,
         "replicas": strategy.num_replicas_in_sync,
+        "model_options": ({"width_multiplier": flags.width_multiplier}
+                          if flags.model == "resnet20" else {}),
+        "num_train": info.num_train,
+        "num_test": info.num_test,
+        "batch_size": flags.batch_size,
+        "seed": flags.seed,
         # 0 for a run trained in one go; else the checkpoint step(s) it was resumed from.
-        "resumed_from_step": [start for _, start, _ in runs],
+        "resumed_from_step": [start for _, start, _, _ in runs],
+        # Wall-clock seconds of training (fit, with mask updates and per-epoch evaluation; not
+        # data loading or export), per training run; of the last process only after a resume.
+        "train_seconds": [seconds for _, _, seconds, _ in runs],
         # DESIGN.md section 8: the whole run (all sub-nets), and the same steps trained dense.
         "training_flops": total_flops,
-        "dense_training_flops": (flags.epochs * steps_per_epoch * flags.batch_size
-                                 * runs[0][0].training_flops["dense_example"]),
+        "dense_training_flops": dense_flops,
         "subnets": entries,
         # RunRecorder's records (run.json, metrics.jsonl, masks.npz) for launch.report.
         "run_dirs": run_dirs,
@@ -212,6 +265,21 @@ def run(flags, sparsities):
     atomic.write_json(os.path.join(flags.output_dir, "summary.json"), summary)
     shutil.rmtree(backup_root(flags), ignore_errors=True)  # the run is complete
     return summary
+
+
+def _dense_entry(flags, model, test, examples, export_dir, chief):
+    """summary.json entry of a --mode=dense run (sparsity 0, dense training FLOPs)."""
+    from keras_ast import cost
+
+    metrics = model.evaluate(test, return_dict=True, verbose=0)
+    path = os.path.join(export_dir, "subnet_0") if flags.export else None
+    if chief and path is not None:
+        with atomic.atomic_output(path) as tmp:
+            model.export(tmp, verbose=False)
+    flops = cost.dense_training_flops(model, examples)
+    return {"subnet": 0, "target_sparsity": 0.0, "measured_sparsity": 0.0,
+            "overall_sparsity": 0.0, "accuracy": metrics["accuracy"], "training_flops": flops,
+            "loss": metrics["loss"], "export_path": path}
 
 
 def _nm_entry(model, k, path):

@@ -20,19 +20,34 @@ from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
-MODELS = ("small_cnn", "wrn32", "resnet18", "resnet50")
-MODES = ("ast", "individual", "joint")
+DATASETS = ("digits", "image_folder", "fashion_mnist", "cifar10", "cifar100", "imagenet")
+MODELS = ("small_cnn", "wrn32", "resnet18", "resnet20", "resnet50")
+MODES = ("ast", "individual", "joint", "dense")
+AUGMENT = ("auto", "on", "off")
 GC_MODES = ("off", "layerwise", "global")
 
 flags.DEFINE_string("dataset", "digits", f"Data set: one of {', '.join(DATASETS)}.")
-flags.DEFINE_string("data_dir", None, "Directory holding the data set (not needed for digits).")
+flags.DEFINE_string("data_dir", None,
+                    "Directory holding the data set (not needed for digits; for fashion_mnist "
+                    "the default is /usr/share/datasets/fashion-mnist when it exists). "
+                    "image_folder: DIR/train/<class>/* and DIR/test/<class>/* (or val/).")
+flags.DEFINE_list("image_size", None, "image_folder: resize every image to H,W (needed when "
+                  "the images differ in size).")
+flags.DEFINE_string("augment", "auto", "Pad-crop + flip of the training images for "
+                    "image_folder and fashion_mnist: auto (image_folder: on for images of at "
+                    "most 64x64; fashion_mnist: off), on or off.")
+flags.DEFINE_integer("train_subset", None, "image_folder / fashion_mnist: train on a "
+                     "class-balanced subset of this many training images (the same images "
+                     "for every --seed); default: all.")
 flags.DEFINE_string("model", "small_cnn", f"Model: one of {', '.join(MODELS)}.")
+flags.DEFINE_float("width_multiplier", 1.0, "resnet20 only: channel width multiplier "
+                   "(widths 16/32/64 times it).")
 flags.DEFINE_list("sparsities", ["0.5", "0.75", "0.9"],
                   "Target sparsity of each sub-net, strictly increasing, each in [0, 1).")
 flags.DEFINE_float("initial_sparsity", 0.0, "s_i: sparsity of the random initial masks.")
 flags.DEFINE_string("mode", "ast", "ast (alternating, one run), individual (one run per "
-                    "sparsity, K=1 each) or joint (S-Net: all sub-nets every step).")
+                    "sparsity, K=1 each), joint (S-Net: all sub-nets every step) or dense (the "
+                    "plain model, no masks: the reference).")
 flags.DEFINE_string("prune_mode", "nondisjoint", "Relation between masks: nondisjoint|subset.")
 flags.DEFINE_string("gc", "layerwise", f"Gradient correction: one of {', '.join(GC_MODES)}.")
 flags.DEFINE_string("gc_reference", "corrected", "GC reference gradient: corrected|raw.")
@@ -72,6 +87,8 @@ flags.DEFINE_string("nm_counts", None,
 # Monitoring: per-sub-net validation, TensorBoard logs, run records for `python -m launch.report`.
 flags.DEFINE_integer("eval_every", 1, "Evaluate every sub-net on the test split every N epochs "
                      "(and after the last), logged as val_<metric>_<k>; 0: never during training.")
+flags.DEFINE_bool("export", True, "Write a SavedModel per sub-net to <output_dir>/export "
+                  "(--noexport: skip; measured_sparsity then comes from the in-memory masks).")
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files to <output_dir>/logs.")
 
 # ---- Distributed training and fault tolerance (README: "Distributed training and fault
@@ -119,7 +136,14 @@ def check_flags():
         sparsities = check_sparsities(FLAGS.sparsities)
     except ValueError as error:
         raise FlagError(f"--sparsities={','.join(FLAGS.sparsities)}: {error}") from None
-    if FLAGS.dataset != "digits":
+    check_data_flags()
+    if FLAGS.dataset == "fashion_mnist" and not FLAGS.data_dir:
+        from keras_ast.data.fashion_mnist import DEFAULT_DIR
+
+        if not os.path.isdir(DEFAULT_DIR):
+            raise FlagError(f"--dataset=fashion_mnist needs --data_dir ({DEFAULT_DIR}, the "
+                            "default, does not exist)")
+    elif FLAGS.dataset != "digits":
         if not FLAGS.data_dir:
             raise FlagError(f"--dataset={FLAGS.dataset} needs --data_dir (see README, Data)")
         if not os.path.isdir(FLAGS.data_dir):
@@ -132,12 +156,44 @@ def check_flags():
     if not 0.0 <= FLAGS.label_smoothing < 1.0:
         raise FlagError(f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}")
     check_distribution_flags()
-    if FLAGS.mode == "joint" and FLAGS["gc"].present and FLAGS.gc != "off":
-        raise FlagError(f"--gc={FLAGS.gc} needs alternating training; --mode=joint sums all "
-                        "sub-nets' gradients in one step (leave --gc out or set --gc=off)")
+    if FLAGS.mode in ("joint", "dense") and FLAGS["gc"].present and FLAGS.gc != "off":
+        raise FlagError(f"--gc={FLAGS.gc} needs alternating training; --mode={FLAGS.mode} has "
+                        "no alternation (leave --gc out or set --gc=off)")
+    if FLAGS.mode == "dense" and FLAGS.nm is not None:
+        raise FlagError("--mode=dense trains the plain model: leave out --nm")
     if FLAGS.nm is not None or FLAGS.nm_counts is not None:
         return [p.sparsity for p in check_nm_flags()]
     return sparsities
+
+
+def check_data_flags():
+    """Validates --image_size, --augment, --train_subset and --width_multiplier."""
+    if FLAGS.augment not in AUGMENT:
+        raise FlagError(f"unknown --augment={FLAGS.augment!r}; use one of {', '.join(AUGMENT)}")
+    own = ("image_folder", "fashion_mnist")
+    for name in ("image_size", "train_subset"):
+        if FLAGS[name].present and FLAGS.dataset not in own:
+            raise FlagError(f"--{name} applies to --dataset=image_folder or fashion_mnist, not "
+                            f"{FLAGS.dataset}")
+    if FLAGS["augment"].present and FLAGS.augment != "auto" and FLAGS.dataset not in own:
+        raise FlagError(f"--augment applies to --dataset=image_folder or fashion_mnist, not "
+                        f"{FLAGS.dataset}")
+    if FLAGS.image_size is not None:
+        if FLAGS.dataset != "image_folder":
+            raise FlagError("--image_size applies to --dataset=image_folder only")
+        try:
+            size = [int(v) for v in FLAGS.image_size]
+        except ValueError:
+            size = []
+        if len(size) != 2 or min(size) < 1:
+            raise FlagError(f"--image_size={','.join(FLAGS.image_size)}: give two positive "
+                            "integers H,W")
+    if FLAGS.train_subset is not None and FLAGS.train_subset < 1:
+        raise FlagError(f"--train_subset must be >= 1, got {FLAGS.train_subset}")
+    if FLAGS["width_multiplier"].present and FLAGS.model != "resnet20":
+        raise FlagError(f"--width_multiplier applies to --model=resnet20, not {FLAGS.model}")
+    if FLAGS.width_multiplier <= 0:
+        raise FlagError(f"--width_multiplier must be > 0, got {FLAGS.width_multiplier}")
 
 
 def check_nm_flags():
@@ -200,13 +256,16 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel INFO lines
     from keras_ast.callbacks import ScheduleError
     from keras_ast.checkpoint import CheckpointError
+    from keras_ast.data.fashion_mnist import IdxFormatError
+    from keras_ast.data.image_folder import ImageFolderError
 
     try:
         sparsities = check_flags()
         from launch import runner
 
         summary = runner.run(FLAGS, sparsities)
-    except (FlagError, FileNotFoundError, CheckpointError) as error:
+    except (FlagError, FileNotFoundError, CheckpointError, ImageFolderError,
+            IdxFormatError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except ScheduleError as error:  # raised by fit before the first step

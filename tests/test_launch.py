@@ -66,6 +66,16 @@ def test_saved_models_predict_like_the_in_memory_subnets(default_run):
     (["--dataset=cifar10"], "needs --data_dir"),
     (["--dataset=cifar10", "--data_dir=/nonexistent/x"], "does not exist"),
     (["--gc=sometimes"], "unknown --gc"),
+    (["--dataset=image_folder"], "needs --data_dir"),
+    (["--dataset=image_folder", "--data_dir=.", "--augment=maybe"], "unknown --augment"),
+    (["--dataset=image_folder", "--data_dir=.", "--image_size=32"], "two positive integers"),
+    (["--dataset=image_folder", "--data_dir=.", "--train_subset=0"], "--train_subset must"),
+    (["--train_subset=100"], "--train_subset applies to --dataset=image_folder"),
+    (["--dataset=fashion_mnist", "--data_dir=.", "--image_size=8,8"],
+     "--image_size applies to --dataset=image_folder only"),
+    (["--width_multiplier=0.5"], "--width_multiplier applies to --model=resnet20"),
+    (["--model=resnet20", "--width_multiplier=0"], "--width_multiplier must be > 0"),
+    (["--mode=dense", "--gc=global"], "--mode=dense has no alternation"),
 ])
 def test_bad_flags_fail_with_one_line(args, message, tmp_path):
     result = _launch(*args, f"--output_dir={tmp_path}/out", timeout=120)
@@ -91,6 +101,18 @@ def test_missing_cifar_data_names_the_file(tmp_path):
                      f"--output_dir={tmp_path}/out", timeout=120)
     assert result.returncode == 2
     assert "cifar-10-python.tar.gz" in result.stderr
+
+
+def test_image_folder_errors_are_one_line(tmp_path):
+    """A bad image folder stops the launcher with one error line naming the path."""
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "test" / "a").mkdir(parents=True)
+    result = _launch("--dataset=image_folder", f"--data_dir={tmp_path}/data",
+                     f"--output_dir={tmp_path}/out", timeout=120)
+    assert result.returncode == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and f"{tmp_path}/data/train/a holds no image" in lines[0]
+    assert "Traceback" not in result.stderr
 
 
 def test_export_sparsity_rejects_unknown_layers(default_run):

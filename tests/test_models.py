@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 
 from keras_ast import models  # noqa: E402
 
-NAMES = ("small_cnn", "wrn32", "resnet18", "resnet50")
+NAMES = ("small_cnn", "wrn32", "resnet18", "resnet20", "resnet50")
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,12 +50,14 @@ def test_registry():
     assert models.MODELS["wrn32"] is models.wide_resnet32
     assert models.MODELS["resnet18"] is models.resnet18_cifar
     assert models.MODELS["resnet50"] is models.resnet50
+    assert models.MODELS["resnet20"] is models.resnet20
     assert models.MODELS["small_cnn"] is models.small_cnn
 
 
 @pytest.mark.parametrize("name,shape,classes", [
     ("small_cnn", (8, 8, 1), 10), ("wrn32", (32, 32, 3), 10),
-    ("resnet18", (32, 32, 3), 10), ("resnet50", (224, 224, 3), 1000),
+    ("resnet18", (32, 32, 3), 10), ("resnet20", (32, 32, 3), 10),
+    ("resnet50", (224, 224, 3), 1000),
 ])
 def test_default_shapes(name, shape, classes):
     model = _default(name)
@@ -66,7 +68,7 @@ def test_default_shapes(name, shape, classes):
 
 @pytest.mark.parametrize("name,shape", [
     ("small_cnn", (8, 8, 1)), ("wrn32", (32, 32, 3)), ("resnet18", (32, 32, 3)),
-    ("resnet50", (64, 64, 3)),
+    ("resnet20", (28, 28, 1)), ("resnet50", (64, 64, 3)),
 ])
 def test_forward_with_other_classes_and_input(name, shape):
     model = models.get_model(name, num_classes=7, input_shape=shape)
@@ -88,6 +90,34 @@ def test_wide_resnet32_matches_the_paper():
     # 4 x (2 x 147,456 + 512); classifier 1,290.
     assert _trainable(model) == 1_860_522
     assert models.wide_resnet32(num_classes=100).output_shape == (None, 100)
+
+
+def _resnet20_macs_by_hand(m):
+    """ResNet-20 MACs per 32x32 image, layer by layer, widths round(16 m), round(32 m),
+    round(64 m): stem; 6 convs at 32x32; stage 2 and 3: a stride-2 conv, 5 convs and a 1x1
+    shortcut at 16x16 / 8x8; the classifier."""
+    a, b, c = (round(w * m) for w in (16, 32, 64))
+    return (32 * 32 * 9 * 3 * a + 6 * 32 * 32 * 9 * a * a
+            + 16 * 16 * (9 * a * b + 5 * 9 * b * b + a * b)
+            + 8 * 8 * (9 * b * c + 5 * 9 * c * c + b * c) + c * 10)
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 0.5, 0.25, 2.0])
+def test_resnet20_macs_and_parameters(multiplier):
+    from keras_ast import cost
+
+    model = models.resnet20(width_multiplier=multiplier)
+    assert _macs(model) == _resnet20_macs_by_hand(multiplier)
+    assert cost.model_macs(model) == _resnet20_macs_by_hand(multiplier)
+    convs = _convs(model)
+    assert len(convs) == 1 + 3 * 3 * 2 + 2  # stem, 18 block convs, 2 shortcuts
+    assert {conv.filters for conv in convs} == {round(w * multiplier) for w in (16, 32, 64)}
+    if multiplier == 1.0:
+        # The option-A ResNet-20 (He et al.): 40.55 M MACs; + 262,144 in the 1x1 shortcuts.
+        assert _macs(model) == 40_551_040 + 16 * 16 * 16 * 32 + 8 * 8 * 32 * 64
+        assert _trainable(model) == 272_474
+    with pytest.raises(ValueError, match="width_multiplier must be > 0"):
+        models.resnet20(width_multiplier=0)
 
 
 def test_resnet_parameter_and_mac_counts():
@@ -152,7 +182,7 @@ def test_conv_kernels_have_fan_out_variance():
 
 def test_strided_convs_pad_like_pytorch():
     """Strided k x k convs (k > 1) pad k // 2 on every side, as PyTorch, not Keras' "same"."""
-    for name in ("wrn32", "resnet50", "small_cnn"):
+    for name in ("wrn32", "resnet20", "resnet50", "small_cnn"):
         for conv in _convs(_default(name)):
             if conv.strides != (1, 1) and conv.kernel_size != (1, 1):
                 pad = _producer(conv)
@@ -166,7 +196,7 @@ def test_strided_convs_pad_like_pytorch():
 
 def test_dense_layers_and_unknown_model():
     assert models.dense_layers("resnet50") == ("classifier",)
-    for name in ("wrn32", "resnet18", "small_cnn"):
+    for name in ("wrn32", "resnet18", "resnet20", "small_cnn"):
         assert models.dense_layers(name) == ()
     with pytest.raises(ValueError, match="unknown model 'vgg'.*resnet18"):
         models.get_model("vgg")
