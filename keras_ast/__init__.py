@@ -14,6 +14,7 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from keras_ast.batchnorm import recalibrate_batchnorm  # noqa: E402
 from keras_ast.callbacks import PruneRegrow, ScheduleError  # noqa: E402
 from keras_ast.checkpoint import BackupAndRestore, resume_fit  # noqa: E402
 from keras_ast.layers import (  # noqa: E402
@@ -48,6 +49,7 @@ __all__ = [
     "SwitchableBatchNormalization",
     "parse_nm",
     "parse_nm_list",
+    "recalibrate_batchnorm",
     "resume_fit",
     "sparsify",
 ]
