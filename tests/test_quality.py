@@ -88,3 +88,24 @@ def test_bad_method_is_refused(tmp_path):
     result = _bench("--quick", "--methods=ast,magic", f"--data_dir={tmp_path}",
                     f"--bench_dir={tmp_path}/b")
     assert result.returncode != 0 and "unknown --methods ['magic']" in result.stderr
+
+
+def test_bn_recalibration_bench_on_the_quick_runs(quick):
+    """bench/bn_recalibration.py reloads every saved sub-net of the quick run, recalibrates
+    its BN copy and reports accuracy before and after; the saved models are not modified."""
+    root, _, _ = quick
+    saved = {p: p.stat().st_mtime for p in (root / "bench").glob("*/*.keras")}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "bench/bn_recalibration.py", f"--bench_dir={root / 'bench'}",
+         f"--data_dir={root / 'data'}", "--batch_size=16", "--batches=3"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((root / "bench" / "bn_recalibration.json").read_text())
+    assert set(record["results"]) == {"individual", "ast", "ast_gc"}
+    assert [len(record["results"]["ast_gc"][k]) for k in "012"] == [2, 2, 2]  # two seeds
+    for subnets in record["results"].values():
+        for pairs in subnets.values():
+            assert all(0.0 <= a <= 1.0 and 0.0 <= b <= 1.0 for a, b in pairs)
+    assert "before -> after" in result.stdout
+    assert {p: p.stat().st_mtime for p in saved} == saved
