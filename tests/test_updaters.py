@@ -358,3 +358,83 @@ def test_rigl_refuses_nm_subnets():
     rigl.set_model(model)
     with pytest.raises(keras_ast.ScheduleError, match="need the granet updater"):
         rigl.configure(100)
+
+
+# ------------------------------------------------------------------------------ launcher
+def _flags(**overrides):
+    import types
+
+    values = dict(epochs=10, update_frequency=None, adjustment_period=None,
+                  prune_end_epoch=None, prune_start_epoch=0.0, initial_sparsity=0.0,
+                  prune_mode="nondisjoint", seed=0, updater="granet", density="uniform")
+    values.update(overrides)
+    return types.SimpleNamespace(**values)
+
+
+def test_launcher_default_is_todays_prune_regrow():
+    from launch import runner
+
+    # Today's construction (before --updater): frequency max(4K, steps per epoch), shift
+    # frequency // (2K), pruning until 68.75% of the epochs.
+    expected = keras_ast.PruneRegrow(frequency=42, adjustment_period=7, begin_step=0,
+                                     end_step=288, initial_sparsity=0.0, mode="nondisjoint",
+                                     total_steps=420, seed=0, verbose=1).get_config()
+    flags = _flags()
+    del flags.updater  # a flags object from before --updater
+    for flags in (flags, _flags()):
+        callback = runner._prune_callback(flags, 3, 42)
+        assert type(callback) is keras_ast.PruneRegrow
+        assert callback.get_config() == expected
+    nested = runner._prune_callback(_flags(prune_mode="subset"), 3, 42)
+    assert nested.get_config() == {**expected, "mode": "subset"}
+    assert runner._prune_callback(_flags(updater="nested"), 3, 42).get_config() == \
+        nested.get_config()
+    assert runner.updater_name(_flags(prune_mode="subset")) == "nested"
+    rigl = runner._prune_callback(_flags(updater="rigl", density="erk"), 3, 42)
+    assert type(rigl) is updaters.RigL
+    assert rigl.get_config() == {**updaters.RigL().get_config(), "frequency": 42,
+                                 "adjustment_period": 7, "distribution": "erk",
+                                 "total_steps": 420, "verbose": 1}
+    static = runner._prune_callback(_flags(updater="static"), 1, 42)
+    assert type(static) is updaters.Static and static.total_steps == 420
+
+
+def _launch(*args, timeout=300):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "launch.train", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--updater=snip"], "unknown --updater='snip'; use one of granet, nested, rigl, set, "
+                         "static"),
+    (["--updater=rigl", "--density=random"], "unknown --density='random'"),
+    (["--density=erk"], "--density applies to --updater=rigl, set or static, not granet"),
+    (["--updater=set", "--prune_mode=subset"], "--prune_mode=subset is --updater=nested"),
+    (["--updater=rigl", "--initial_sparsity=0.5"], "leave out --initial_sparsity"),
+])
+def test_launcher_updater_flags_fail_with_one_line(args, message, tmp_path):
+    result = _launch(*args, f"--output_dir={tmp_path}/out", timeout=120)
+    assert result.returncode == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_launcher_runs_rigl_with_erk(tmp_path):
+    import json
+
+    result = _launch("--updater=rigl", "--density=erk", "--sparsities=0.5,0.9", "--epochs=2",
+                     "--update_frequency=10", "--noexport", "--notensorboard",
+                     "--eval_every=0", "--verbose=0", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["updater"] == "rigl:erk"
+    for entry in summary["subnets"]:
+        assert entry["measured_sparsity"] == pytest.approx(entry["target_sparsity"], abs=1e-3)
