@@ -11,7 +11,7 @@ where sub-net k is active), so any of them goes wherever `PruneRegrow` goes::
     model.fit(train, epochs=..., callbacks=[keras_ast.updaters.get("rigl", frequency=100)])
 
 With K = 1 this is plain single-model sparse training; with K > 1 every sub-net has its own
-masks, at its own sparsity, updated at its own staggered times (DESIGN.md section 4).
+masks, at its own sparsity, updated at its own staggered times.
 
 Layer densities (`layer_densities`): ``"uniform"`` (every layer at the target density),
 ``"erk"`` (Erdos-Renyi-Kernel, as in RigL: density_l = eps * sum(shape_l) / prod(shape_l), eps

@@ -438,3 +438,24 @@ def test_launcher_runs_rigl_with_erk(tmp_path):
     assert summary["updater"] == "rigl:erk"
     for entry in summary["subnets"]:
         assert entry["measured_sparsity"] == pytest.approx(entry["target_sparsity"], abs=1e-3)
+
+
+def test_readme_updater_example_runs(capsys):
+    """The README's K=1 RigL example, 2 epochs instead of 30."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r"### Sparse training beyond AST \(updaters\)\n.*?```python\n(.*?)```",
+                      text, re.S)
+    assert match, "README lost its updater example"
+    code = match.group(1)
+    assert "epochs=30" in code
+    scope = {}
+    exec(compile(code.replace("epochs=30", "epochs=2"), "README.md", "exec"), scope)
+    model, rigl = scope["model"], scope["rigl"]
+    assert type(rigl) is updaters.RigL
+    assert model.subnet_sparsity(0) == pytest.approx(0.9, abs=1e-3)
+    budget = rigl.budgets[0]
+    assert {n: int(m.sum()) for n, m in model.masks(0).items()} == {
+        n: v.count for n, v in budget.items()}
