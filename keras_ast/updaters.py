@@ -30,8 +30,8 @@ Updaters (`get(name, **config)`):
           just-dropped ones) with the largest dense |gradient|. r decays by cosine from 0.3 to 0
           at `end_step` (default 75% of training), after which the masks stay fixed.
   set     `SET`: the same, but grows uniformly at random among the inactive weights
-          (stateless random numbers seeded by (seed, layer, step), so a resumed run draws the
-          same).
+          (stateless: hashed from (seed, layer, step, position), so a resumed run draws the
+          same, with or without XLA).
   static  `Static`: the initial masks, never changed (static sparse training).
 
 A regrown weight keeps its current value of the shared kernel (it may be in use by another
@@ -355,13 +355,35 @@ class SET(MaskUpdater):
         return ops.abs(weight)
 
     def grow_scores(self, weight, mask, gradient, step, layer_index):
-        import tensorflow as tf
+        # Stateless: the numbers depend on (seed, layer, step, position) only, so a resumed
+        # run (or a retrace) draws the same, with or without XLA.
+        return random_scores(tuple(weight.shape), self.seed, layer_index, step)
 
-        # Stateless: the numbers depend on (seed, layer, step) only, so a resumed run (or a
-        # retrace) draws the same.
-        seed = tf.stack([tf.constant(self.seed * 100_003 + layer_index, tf.int64),
-                         tf.cast(step, tf.int64)])
-        return tf.random.stateless_uniform(tuple(weight.shape), seed=seed, dtype=tf.float32)
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """A 32-bit integer hash (two xor-shift-multiply rounds) of int64 values in [0, 2^32);
+    the products stay below 2^63, so nothing overflows."""
+    for _ in range(2):
+        x = ops.bitwise_and(ops.bitwise_xor(x, ops.right_shift(x, 16)) * 0x45D9F3B, _M32)
+    return ops.bitwise_xor(x, ops.right_shift(x, 16))
+
+
+def random_scores(shape, seed, layer_index, step):
+    """Uniform [0, 1) float32 numbers (multiples of 2^-24) that are a hash of (seed, layer,
+    step, position): the same in every run, retrace, resumed run and with or without XLA
+    (TensorFlow's stateless random ops give other numbers under XLA)."""
+    step = ops.cast(step, "int64")
+    key = _mix32(ops.convert_to_tensor((int(seed) * 1_000_003 + int(layer_index)) & _M32,
+                                       "int64"))
+    key = _mix32(ops.bitwise_xor(key, ops.bitwise_and(step, _M32)))
+    key = _mix32(ops.bitwise_xor(key, ops.bitwise_and(ops.right_shift(step, 32), _M32)))
+    index = ops.arange(math.prod(shape), dtype="int64")
+    bits = _mix32(ops.bitwise_and(index * 0x9E3779B + key, _M32))
+    values = ops.cast(ops.right_shift(bits, 8), "float32") * (1.0 / (1 << 24))
+    return ops.reshape(values, shape)
 
 
 class Static(MaskUpdater):

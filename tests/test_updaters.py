@@ -217,6 +217,23 @@ def test_set_grows_uniformly_among_inactive_entries():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def test_set_random_scores_are_uniform_and_the_same_under_xla():
+    scores = ops.convert_to_numpy(updaters.random_scores((100, 100), 3, 1, 12345))
+    assert 0.0 <= scores.min() and scores.max() < 1.0
+    counts = np.histogram(scores, bins=20, range=(0.0, 1.0))[0]
+    chi2 = float(((counts - 500.0) ** 2 / 500.0).sum())
+    assert chi2 < 43.8, chi2  # 19 degrees of freedom, 0.1% upper quantile
+    xla = tf.function(lambda step: updaters.random_scores((100, 100), 3, 1, step),
+                      jit_compile=True)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(xla(tf.constant(12345, tf.int64))), scores)
+    other = [ops.convert_to_numpy(updaters.random_scores((100, 100), *args))
+             for args in ((4, 1, 12345), (3, 2, 12345), (3, 1, 12346), (3, 1, 2**32 + 12345))]
+    for o in other:
+        assert not np.array_equal(o, scores)
+        assert abs(np.corrcoef(o.ravel(), scores.ravel())[0, 1]) < 0.05
+
+
 # ------------------------------------------------------------------------------ training
 class _MaskLog(keras.callbacks.Callback):
     """Every sub-net's masks after every training step."""
@@ -282,6 +299,24 @@ def test_rigl_updates_stop_at_end_step_and_happen_only_when_due(digits_batches):
                               for n in masks[k])]
                for k in range(3)}
     assert changes == {0: [6], 1: [4, 10], 2: [5, 11]}
+
+
+@pytest.mark.parametrize("name", ["rigl", "set"])
+def test_a_fit_in_two_parts_equals_one_fit(name, digits_batches):
+    """Resuming (a second fit continuing the step counter) draws the same masks as one fit:
+    the updaters keep no state outside the model."""
+    x, y = digits_batches
+    config = dict(frequency=3, adjustment_period=1, total_steps=16, seed=5)
+    results = []
+    for parts in ([(0, 4)], [(0, 2), (2, 4)]):
+        keras.utils.set_random_seed(1234)
+        model = _model([0.5, 0.7, 0.9])
+        for begin, end in parts:  # a fresh callback each time, as after a restart
+            model.fit(x, y, batch_size=64, initial_epoch=begin, epochs=end, verbose=0,
+                      shuffle=False, callbacks=[updaters.get(name, **config)])
+        results.append([model.masks(k) for k in range(3)])
+    for a, b in zip(*results):
+        assert all(np.array_equal(a[n], b[n]) for n in a)
 
 
 def test_static_masks_never_change_and_are_the_initial_ones(digits_batches):
