@@ -2,6 +2,7 @@
 selections, Static, fits with K=1 and K=3, the registry and the granet default."""
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -447,18 +448,32 @@ def _launch(*args, timeout=300):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--updater=snip"], "unknown --updater='snip'; use one of granet, nested, rigl, set, "
-                         "static"),
     (["--updater=rigl", "--density=random"], "unknown --density='random'"),
     (["--density=erk"], "--density applies to --updater=rigl, set or static, not granet"),
     (["--updater=set", "--prune_mode=subset"], "--prune_mode=subset is --updater=nested"),
+    (["--updater=nested", "--prune_mode=nondisjoint"], "contradicts it"),
     (["--updater=rigl", "--initial_sparsity=0.5"], "leave out --initial_sparsity"),
+    (["--updater=static", "--mode=dense"], "--mode=dense trains the plain model"),
+    (["--updater=set", "--nm=2:4", "--nm_counts=zeros"], "--nm sub-nets need --updater=granet"),
 ])
-def test_launcher_updater_flags_fail_with_one_line(args, message, tmp_path):
-    result = _launch(*args, f"--output_dir={tmp_path}/out", timeout=120)
+def test_launcher_updater_flag_checks(args, message):
+    from launch import train
+
+    train.FLAGS.unparse_flags()
+    try:
+        train.FLAGS(["train", *args])
+        with pytest.raises(train.FlagError, match=re.escape(message)):
+            train.check_updater_flags()
+    finally:
+        train.FLAGS.unparse_flags()
+
+
+def test_launcher_bad_updater_fails_with_one_line(tmp_path):
+    result = _launch("--updater=snip", f"--output_dir={tmp_path}/out", timeout=120)
     assert result.returncode == 2
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "unknown --updater='snip'; use one of granet, nested, rigl, set, static" in lines[0]
     assert not (tmp_path / "out").exists()
 
 
@@ -475,9 +490,8 @@ def test_launcher_runs_rigl_with_erk(tmp_path):
         assert entry["measured_sparsity"] == pytest.approx(entry["target_sparsity"], abs=1e-3)
 
 
-def test_readme_updater_example_runs(capsys):
+def test_readme_updater_example_runs():
     """The README's K=1 RigL example, 2 epochs instead of 30."""
-    import re
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
