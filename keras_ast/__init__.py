@@ -29,6 +29,7 @@ from keras_ast.nm import NMPattern, parse_nm, parse_nm_list  # noqa: E402
 from keras_ast.optimizers import SGD  # noqa: E402
 from keras_ast.schedules import CosineDecay, CubicGroupFraction, CubicSparsity  # noqa: E402
 from keras_ast.sparsify import sparsify  # noqa: E402
+from keras_ast import updaters  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
@@ -52,4 +53,5 @@ __all__ = [
     "recalibrate_batchnorm",
     "resume_fit",
     "sparsify",
+    "updaters",
 ]

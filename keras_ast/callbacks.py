@@ -50,6 +50,8 @@ MODES = ("nondisjoint", "subset")
 def _as_ratio_schedule(regrow_ratio, total_steps):
     if isinstance(regrow_ratio, schedules.CosineDecay):
         return regrow_ratio
+    if isinstance(regrow_ratio, dict):  # a CosineDecay's get_config()
+        return schedules.CosineDecay.from_config(regrow_ratio)
     initial, final = regrow_ratio
     return schedules.CosineDecay(initial, final, max(int(total_steps), 1))
 
@@ -192,6 +194,31 @@ class PruneRegrow(keras.callbacks.Callback):
             raise ValueError(
                 f"N:M sub-nets ({patterns}) support mode='nondisjoint' only, got {self.mode!r}"
             )
+
+    def get_config(self):
+        """The constructor arguments: ``type(self).from_config(self.get_config())`` makes an
+        equal callback (a `schedules.CosineDecay` regrow ratio is stored as its config)."""
+        ratio = self.regrow_ratio
+        if isinstance(ratio, schedules.CosineDecay):
+            ratio = ratio.get_config()
+        elif not isinstance(ratio, dict):
+            ratio = tuple(float(r) for r in ratio)
+        return {
+            "frequency": self.frequency,
+            "adjustment_period": self.adjustment_period,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "initial_sparsity": self.initial_sparsity,
+            "mode": self.mode,
+            "regrow_ratio": ratio,
+            "total_steps": self.total_steps,
+            "seed": self.seed,
+            "verbose": self.verbose,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def signature(self):
         """What the compiled step depends on (a new value forces a new trace)."""

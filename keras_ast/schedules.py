@@ -150,6 +150,46 @@ class CubicGroupFraction(CubicSparsity):
         return config
 
 
+class ConstantSparsity(CubicSparsity):
+    """Constant sparsity with periodic update times that stop at `end_step` (tfmot's
+    `ConstantSparsity`, RigL's mask-update timing; used by `keras_ast.updaters`).
+
+    Updates are scheduled at ``T_j = begin_step + offset + j * frequency`` for every j with
+    ``j * frequency <= end_step - begin_step``; the sparsity is `sparsity` at every step (the
+    masks start at it, so there is no ramp).
+    """
+
+    def __init__(self, sparsity, begin_step, end_step, frequency, offset=0):
+        super().__init__(sparsity, sparsity, begin_step, end_step, frequency, offset=offset)
+
+    @property
+    def final_update(self):
+        """The sparsity is reached from the start (the initial masks)."""
+        return self.first_update
+
+    @property
+    def last_update(self):
+        """The last scheduled update (at or before ``end_step + offset``)."""
+        span = self.end_step - self.begin_step
+        return self.first_update + (span // self.frequency) * self.frequency
+
+    def is_due(self, step, window=1):
+        """True if an update is scheduled in ``(step - window, step]`` (see `CubicSparsity`)
+        and it is not past the last one."""
+        due = super().is_due(step, window=window)
+        index = self.update_index(ops.cast(step, "int64"))
+        return ops.logical_and(due, index * self.frequency <= self.end_step - self.begin_step)
+
+    def get_config(self):
+        return {
+            "sparsity": self.final_sparsity,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "frequency": self.frequency,
+            "offset": self.offset,
+        }
+
+
 class CosineDecay(_Schedule):
     """Cosine decay from `initial` to `final` over `decay_steps`, then constant at `final`.
 
@@ -216,4 +256,15 @@ def staggered_group_fractions(num_subnets, begin_step, end_step, frequency, adju
     return [
         CubicGroupFraction(begin_step, end_step, frequency, offset=offset)
         for offset in _staggered_offsets(num_subnets, frequency, adjustment_period)
+    ]
+
+
+def staggered_constant_sparsities(sparsities, begin_step, end_step, frequency,
+                                  adjustment_period):
+    """One `ConstantSparsity` per sub-net, with `staggered_schedules`' update times (and
+    checks)."""
+    offsets = _staggered_offsets(len(sparsities), frequency, adjustment_period)
+    return [
+        ConstantSparsity(s, begin_step, end_step, frequency, offset=offset)
+        for s, offset in zip(sparsities, offsets)
     ]

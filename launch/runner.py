@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 import keras_ast
-from keras_ast import atomic, checkpoint, distribute, export, models, nm
+from keras_ast import atomic, checkpoint, distribute, export, models, nm, updaters
 from keras_ast import data as data_lib
 
 NM_NOTATION = ("N:M = N zeros in every group of M consecutive input channels (the AST "
@@ -33,19 +33,44 @@ def learning_rate(flags, steps_per_epoch):
     )
 
 
+def updater_name(flags):
+    """--updater, with --prune_mode=subset read as nested; plus ":erk" for ERK densities."""
+    name = getattr(flags, "updater", "granet")
+    if name == "granet" and flags.prune_mode == "subset":
+        name = "nested"
+    if name in ("rigl", "set", "static") and flags.density != "uniform":
+        name += f":{flags.density}"
+    return name
+
+
 def _prune_callback(flags, num_subnets, steps_per_epoch):
+    """The --updater's callback: granet / nested are `PruneRegrow` (--prune_mode=subset is
+    nested), rigl / set / static come from `keras_ast.updaters` with --density."""
+    updater = getattr(flags, "updater", "granet")
     total = flags.epochs * steps_per_epoch
     frequency = flags.update_frequency or max(4 * num_subnets, steps_per_epoch)
     period = flags.adjustment_period or max(1, frequency // (2 * num_subnets))
+    begin = int(flags.prune_start_epoch * steps_per_epoch)
+    if updater == "static":
+        return updaters.get("static", distribution=flags.density, total_steps=total,
+                            seed=flags.seed, verbose=1)
+    if updater in ("rigl", "set"):
+        end = flags.prune_end_epoch  # default: the updater's (75% of the run)
+        return updaters.get(
+            updater, frequency=frequency, adjustment_period=period if num_subnets > 1 else None,
+            begin_step=begin,
+            end_step=None if end is None else max(begin + 1, int(end * steps_per_epoch)),
+            distribution=flags.density, total_steps=total, seed=flags.seed, verbose=1,
+        )
     end_epoch = flags.prune_end_epoch
     if end_epoch is None:
         end_epoch = 0.6875 * flags.epochs
-    begin = int(flags.prune_start_epoch * steps_per_epoch)
     end = max(begin + 1, int(end_epoch * steps_per_epoch))
     return keras_ast.PruneRegrow(
         frequency=frequency, adjustment_period=period if num_subnets > 1 else 0,
         begin_step=begin, end_step=end, initial_sparsity=flags.initial_sparsity,
-        mode=flags.prune_mode, total_steps=total, seed=flags.seed, verbose=1,
+        mode="subset" if updater == "nested" else flags.prune_mode, total_steps=total,
+        seed=flags.seed, verbose=1,
     )
 
 
@@ -238,6 +263,7 @@ def run(flags, sparsities):
         "model": flags.model,
         "mode": flags.mode,
         "gc": flags.gc if flags.mode in ("ast", "individual") else "off",
+        "updater": None if flags.mode == "dense" else updater_name(flags),
         "epochs": flags.epochs,
         "steps_per_epoch": steps_per_epoch,
         "distribution": flags.distribution,

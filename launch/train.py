@@ -25,6 +25,9 @@ MODELS = ("small_cnn", "wrn32", "resnet18", "resnet20", "resnet50")
 MODES = ("ast", "individual", "joint", "dense")
 AUGMENT = ("auto", "on", "off")
 GC_MODES = ("off", "layerwise", "global")
+UPDATERS = ("granet", "nested", "rigl", "set", "static")
+DENSITIES = ("uniform", "erk")
+PRUNE_MODES = ("nondisjoint", "subset")
 
 flags.DEFINE_string("dataset", "digits", f"Data set: one of {', '.join(DATASETS)}.")
 flags.DEFINE_string("data_dir", None,
@@ -48,7 +51,14 @@ flags.DEFINE_float("initial_sparsity", 0.0, "s_i: sparsity of the random initial
 flags.DEFINE_string("mode", "ast", "ast (alternating, one run), individual (one run per "
                     "sparsity, K=1 each), joint (S-Net: all sub-nets every step) or dense (the "
                     "plain model, no masks: the reference).")
-flags.DEFINE_string("prune_mode", "nondisjoint", "Relation between masks: nondisjoint|subset.")
+flags.DEFINE_string("prune_mode", "nondisjoint", "Relation between masks: nondisjoint|subset "
+                    "(subset is --updater=nested).")
+flags.DEFINE_string("updater", "granet", "Mask updater (keras_ast.updaters): granet (gradual "
+                    "pruning + prune-and-regrow, the default), nested (granet with sparser masks "
+                    "nested in denser ones), rigl, set or static (these three start at the "
+                    "target sparsities, with --density's layer densities).")
+flags.DEFINE_string("density", "uniform", "Layer densities of --updater=rigl|set|static: "
+                    "uniform or erk (Erdos-Renyi-Kernel).")
 flags.DEFINE_string("gc", "layerwise", f"Gradient correction: one of {', '.join(GC_MODES)}.")
 flags.DEFINE_string("gc_reference", "corrected", "GC reference gradient: corrected|raw.")
 flags.DEFINE_integer("epochs", 30, "Training epochs.")
@@ -156,6 +166,7 @@ def check_flags():
     if not 0.0 <= FLAGS.label_smoothing < 1.0:
         raise FlagError(f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}")
     check_distribution_flags()
+    check_updater_flags()
     if FLAGS.mode in ("joint", "dense") and FLAGS["gc"].present and FLAGS.gc != "off":
         raise FlagError(f"--gc={FLAGS.gc} needs alternating training; --mode={FLAGS.mode} has "
                         "no alternation (leave --gc out or set --gc=off)")
@@ -194,6 +205,37 @@ def check_data_flags():
         raise FlagError(f"--width_multiplier applies to --model=resnet20, not {FLAGS.model}")
     if FLAGS.width_multiplier <= 0:
         raise FlagError(f"--width_multiplier must be > 0, got {FLAGS.width_multiplier}")
+
+
+def check_updater_flags():
+    """Validates --updater, --density and --prune_mode (and their combinations)."""
+    if FLAGS.updater not in UPDATERS:
+        raise FlagError(f"unknown --updater={FLAGS.updater!r}; use one of {', '.join(UPDATERS)}")
+    if FLAGS.density not in DENSITIES:
+        raise FlagError(f"unknown --density={FLAGS.density!r}; use one of "
+                        f"{', '.join(DENSITIES)}")
+    if FLAGS.prune_mode not in PRUNE_MODES:
+        raise FlagError(f"unknown --prune_mode={FLAGS.prune_mode!r}; use one of "
+                        f"{', '.join(PRUNE_MODES)}")
+    if FLAGS.mode == "dense" and FLAGS["updater"].present:
+        raise FlagError("--mode=dense trains the plain model (no masks): leave out --updater")
+    own_masks = FLAGS.updater in ("rigl", "set", "static")
+    if FLAGS["density"].present and not own_masks:
+        raise FlagError(f"--density applies to --updater=rigl, set or static, not "
+                        f"{FLAGS.updater} (it starts dense, or from uniform random masks at "
+                        "--initial_sparsity)")
+    if FLAGS.prune_mode == "subset" and FLAGS.updater not in ("granet", "nested"):
+        raise FlagError(f"--prune_mode=subset is --updater=nested; it does not combine with "
+                        f"--updater={FLAGS.updater}")
+    if FLAGS.updater == "nested" and FLAGS["prune_mode"].present and \
+            FLAGS.prune_mode != "subset":
+        raise FlagError(f"--updater=nested nests the masks: --prune_mode={FLAGS.prune_mode} "
+                        "contradicts it (leave --prune_mode out)")
+    if own_masks and FLAGS.initial_sparsity != 0.0:
+        raise FlagError(f"--updater={FLAGS.updater} starts at the target sparsities: leave out "
+                        f"--initial_sparsity={FLAGS.initial_sparsity}")
+    if FLAGS.nm is not None and FLAGS.updater not in ("granet",):
+        raise FlagError(f"--nm sub-nets need --updater=granet, got --updater={FLAGS.updater}")
 
 
 def check_nm_flags():

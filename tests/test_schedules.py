@@ -74,3 +74,17 @@ def test_cubic_sparsity_errors(kwargs, match):
 def test_get_config_roundtrip():
     s = schedules.CubicSparsity(0.1, 0.9, 5, 50, 7, offset=3)
     assert repr(schedules.CubicSparsity.from_config(s.get_config())) == repr(s)
+
+
+def test_constant_sparsity_updates_stop_at_end_step():
+    s = schedules.ConstantSparsity(0.8, begin_step=10, end_step=40, frequency=10, offset=3)
+    due = [t for t in range(100) if bool(s.is_due(t))]
+    assert due == [13, 23, 33, 43]  # j * 10 <= 40 - 10
+    assert s.last_update == 43 and s.final_update == 13
+    assert all(math.isclose(float(s.sparsity(t)), 0.8, rel_tol=1e-6) for t in (0, 13, 99))
+    # With a window of K = 3, each scheduled update is caught once, the last one included.
+    caught = [t for t in range(1, 100, 3) if bool(s.is_due(t, window=3))]
+    assert caught == [13, 25, 34, 43]
+    assert repr(schedules.ConstantSparsity.from_config(s.get_config())) == repr(s)
+    offsets = [c.offset for c in schedules.staggered_constant_sparsities([0.5, 0.9], 0, 50, 10, 4)]
+    assert offsets == [0, 4]
