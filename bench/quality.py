@@ -55,6 +55,8 @@ flags.DEFINE_string("bench_dir", "runs/quality", "Where every run and the result
 flags.DEFINE_list("seeds", ["0", "1"], "Seeds of ast and ast_gc (dense and joint: the first).")
 flags.DEFINE_list("individual_seeds", None, "Seeds of the individual runs (default: --seeds).")
 flags.DEFINE_list("methods", list(METHODS), f"Methods to run, among {', '.join(METHODS)}.")
+flags.DEFINE_string("data_label", None, "How the table and plot name the data (default: "
+                    "--dataset), e.g. 'CIFAR-10 (JPEG q75 copy)'.")
 flags.DEFINE_bool("quick", False, "Smoke-test sizes: the small CNN, 6 epochs, batch 16, "
                   "no subset, one individual seed; for a test on a generated folder.")
 
@@ -153,12 +155,14 @@ def format_table(table, sparsities):
         ratio = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
         lines.append(f"{LABELS[method]:<22} {len(row['seeds']):>5} {' '.join(cells)}   "
                      f"{ratio(row['flops_ratio']):>11} {ratio(row['wall_ratio']):>10}")
-    lines.append("dense is one model at 0 % sparsity (its accuracy in the first column).")
-    lines.append("gap to individual at the same sparsity (points, mean over seeds):")
-    for method, row in table.items():
-        if row["gap"] is not None and method != "individual":
-            lines.append(f"  {LABELS[method]:<20} "
-                         + " ".join(f"{100 * g:+6.2f}" for g in row["gap"]))
+    if "dense" in table:
+        lines.append("dense is one model at 0 % sparsity (its accuracy in the first column).")
+    gaps = [(m, row["gap"]) for m, row in table.items()
+            if row["gap"] is not None and m != "individual"]
+    if gaps:
+        lines.append("gap to individual at the same sparsity (points, mean over seeds):")
+        lines += [f"  {LABELS[m]:<20} " + " ".join(f"{100 * g:+6.2f}" for g in gap)
+                  for m, gap in gaps]
     return "\n".join(lines)
 
 
@@ -247,7 +251,8 @@ def main(argv):
     table = summarise(results, sparsities)
     first = next(iter(results.values()))
     image = "x".join(str(d) for d in FLAGS.image_size) if FLAGS.image_size else "as stored"
-    setup = (f"{FLAGS.dataset} {FLAGS.data_dir} ({first['num_train']} training images"
+    label = FLAGS.data_label or FLAGS.dataset
+    setup = (f"{label}: {FLAGS.dataset} {FLAGS.data_dir} ({first['num_train']} training images"
              f"{', class-balanced subset' if FLAGS.train_subset else ''}, {first['num_test']} "
              f"test, size {image}), model {FLAGS.model} {first['model_options']}, "
              f"{FLAGS.epochs} epochs, batch {FLAGS.batch_size}, lr {FLAGS.lr} "
@@ -261,7 +266,7 @@ def main(argv):
               "methods": table, "goals": goal_lines, "table": text}
     atomic.write_json(os.path.join(FLAGS.bench_dir, "quality.json"), record)
     plot(table, sparsities, os.path.join(FLAGS.bench_dir, "quality.png"),
-         f"{FLAGS.dataset}, {FLAGS.model}, {FLAGS.epochs} epochs")
+         f"{label}, {FLAGS.model}, {FLAGS.epochs} epochs, {first['num_train']} training images")
     print(f"wrote {os.path.join(FLAGS.bench_dir, 'quality.json')} and quality.png")
 
 

@@ -32,7 +32,7 @@ def test_recalibration_is_the_mean_of_batch_statistics(digits):
     model.set_subnet(1)
     switchable = [layer for layer in model.network.layers
                   if isinstance(layer, SwitchableBatchNormalization)]
-    probe = keras.Model(model.network.inputs, [layer.input for layer in switchable])
+    probe = keras.Model(model.network.inputs[0], [layer.input for layer in switchable])
     expected = [[0.0, 0.0] for _ in switchable]
     for x in batches:
         for slot, value in zip(expected, probe(x, training=True)):
