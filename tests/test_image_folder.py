@@ -53,6 +53,7 @@ def make_folder(root, counts=None, test_split="test", size=12, extensions=("png"
 
 def test_counts_labels_and_sorted_class_order(tmp_path):
     written = make_folder(tmp_path)
+    os.makedirs(tmp_path / "train" / ".ipynb_checkpoints")  # hidden: not a class
     names, (train_files, y_train), (test_files, y_test), split = image_folder.list_image_folder(
         str(tmp_path))
     assert names == SORTED and split == "test"

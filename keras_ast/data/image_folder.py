@@ -31,7 +31,9 @@ class ImageFolderError(ValueError):
 
 
 def _class_folders(split_dir):
-    return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    """Sub-folders of a split, sorted; hidden ones (".ipynb_checkpoints", ...) are no class."""
+    return sorted(entry.name for entry in os.scandir(split_dir)
+                  if entry.is_dir() and not entry.name.startswith("."))
 
 
 def _image_files(class_dir):
@@ -141,7 +143,7 @@ def decode_images(files, image_size=None, channels=None):
         return np.zeros((0, *(image_size or (0, 0)), channels or 3), np.uint8)
     if channels is None:
         channels = int(_decode_one(files[0], 0).shape[-1])
-        channels = 3 if channels == 4 else channels  # RGBA: drop alpha
+        channels = {4: 3, 2: 1}.get(channels, channels)  # drop an alpha channel
 
     def decode(path):
         image = decode_bytes(tf.io.read_file(path), channels)
