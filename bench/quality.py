@@ -145,13 +145,9 @@ def format_table(table, sparsities):
     lines = [f"{'method':<22} {'seeds':>5} {head}   {'FLOPs/dense':>11} {'wall/dense':>10}",
              f"{'':<22} {'':>5} " + " ".join(f"{'acc (spread)':>12}" for _ in sparsities)]
     for method, row in table.items():
-        if method == "dense":
-            cells = [f"{100 * row['mean'][0]:6.2f} ({100 * row['spread'][0]:.1f})"] * 1
-            cells = cells + [f"{'':>12}"] * (len(sparsities) - 1)
-            cells[0] = f"{cells[0]:>12}"
-        else:
-            cells = [f"{100 * m:6.2f} ({100 * s:.1f})".rjust(12)
-                     for m, s in zip(row["mean"], row["spread"])]
+        cells = [f"{100 * m:6.2f} ({100 * s:.1f})".rjust(12)
+                 for m, s in zip(row["mean"], row["spread"])]
+        cells += [" " * 12] * (len(sparsities) - len(cells))  # dense: one model, one column
         ratio = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
         lines.append(f"{LABELS[method]:<22} {len(row['seeds']):>5} {' '.join(cells)}   "
                      f"{ratio(row['flops_ratio']):>11} {ratio(row['wall_ratio']):>10}")

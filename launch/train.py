@@ -182,10 +182,9 @@ def check_data_flags():
     if FLAGS.augment not in AUGMENT:
         raise FlagError(f"unknown --augment={FLAGS.augment!r}; use one of {', '.join(AUGMENT)}")
     own = ("image_folder", "fashion_mnist")
-    for name in ("image_size", "train_subset"):
-        if FLAGS[name].present and FLAGS.dataset not in own:
-            raise FlagError(f"--{name} applies to --dataset=image_folder or fashion_mnist, not "
-                            f"{FLAGS.dataset}")
+    if FLAGS["train_subset"].present and FLAGS.dataset not in own:
+        raise FlagError(f"--train_subset applies to --dataset=image_folder or fashion_mnist, "
+                        f"not {FLAGS.dataset}")
     if FLAGS["augment"].present and FLAGS.augment != "auto" and FLAGS.dataset not in own:
         raise FlagError(f"--augment applies to --dataset=image_folder or fashion_mnist, not "
                         f"{FLAGS.dataset}")
