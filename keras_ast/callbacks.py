@@ -45,6 +45,14 @@ from keras_ast import nm as nm_lib
 from keras_ast import schedules
 
 MODES = ("nondisjoint", "subset")
+# Fidelity options (README "keras_ast / paper / authors' code"): {option: (values, default)}.
+FIDELITY_OPTIONS = {
+    "ranking": (("active", "all"), "active"),
+    "regrow_gradient": (("dense", "masked"), "dense"),
+    "offset_unit": (("global", "subnet"), "global"),
+    "initial_density": (("uniform", "erk"), "uniform"),
+    "nm_regrowth": (("element", "group"), "element"),
+}
 
 
 def _as_ratio_schedule(regrow_ratio, total_steps):
@@ -54,6 +62,15 @@ def _as_ratio_schedule(regrow_ratio, total_steps):
         return schedules.CosineDecay.from_config(regrow_ratio)
     initial, final = regrow_ratio
     return schedules.CosineDecay(initial, final, max(int(total_steps), 1))
+
+
+def check_fidelity(**options):
+    """{option: value} after checking each against `FIDELITY_OPTIONS` (ValueError naming it)."""
+    for name, value in options.items():
+        values, _ = FIDELITY_OPTIONS[name]
+        if value not in values:
+            raise ValueError(f"unknown {name} {value!r}; use one of {values}")
+    return dict(options)
 
 
 class ScheduleError(ValueError):
@@ -79,14 +96,33 @@ class PruneRegrow(keras.callbacks.Callback):
         from ``fit`` (needed when the data set has no known length).
       seed: seed of the random initial masks.
       verbose: 1 prints each sub-net's sparsity at the end of every epoch.
+      ranking: step A ranks the sub-net's "active" weights (default: pruning never
+        re-activates a weight) or "all" shared weights, as the authors' code does (a weight
+        inactive in this sub-net but large in the shared kernel may come back).
+      regrow_gradient: step B regrows by the "dense" gradient dL/d(W*m) (default: any inactive
+        weight can come back) or the "masked" one (the authors' code: zero outside the mask, so
+        only just-dropped weights can return).
+      offset_unit: `adjustment_period` counts "global" iterations (default) or each sub-net's
+        own steps, "subnet" (the authors' code: sub-net k starts k * period * K iterations
+        later).
+      initial_density: with `initial_sparsity` > 0, each layer starts at that sparsity
+        ("uniform", default) or with ERK layer densities ("erk", the authors' code's default).
+      nm_regrowth: N:M sub-nets: "element" (default: N:M-sparse groups chosen over all
+        kernels, death/regrowth of entries inside them) or "group" (the paper's section 4.3:
+        each layer's round(f G_l) groups with the smallest summed |W| are N:M-sparse, each
+        keeping its largest |W|; no element regrowth).
     """
 
     def __init__(self, frequency=1000, adjustment_period=100, begin_step=0, end_step=None,
                  initial_sparsity=0.0, mode="nondisjoint", regrow_ratio=(0.5, 0.005),
-                 total_steps=None, seed=0, verbose=0):
+                 total_steps=None, seed=0, verbose=0, ranking="active", regrow_gradient="dense",
+                 offset_unit="global", initial_density="uniform", nm_regrowth="element"):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown prune-regrow mode {mode!r}; use one of {MODES}")
+        self.fidelity = check_fidelity(ranking=ranking, regrow_gradient=regrow_gradient,
+                                       offset_unit=offset_unit, initial_density=initial_density,
+                                       nm_regrowth=nm_regrowth)
         if not (isinstance(frequency, int) and frequency >= 1):
             raise ValueError(f"frequency must be an integer >= 1, got {frequency!r}")
         if not 0.0 <= initial_sparsity < 1.0:
@@ -152,17 +188,17 @@ class PruneRegrow(keras.callbacks.Callback):
         end_step = self.end_step
         if end_step is None:
             end_step = max(self.begin_step + 1, round(0.6875 * total_steps))
+        period = self.adjustment_period
+        if self.fidelity["offset_unit"] == "subnet":
+            period *= model.num_subnets
         if model.nm_patterns is not None:
             self._check_nm_settings()
             self.schedules = schedules.staggered_group_fractions(
-                model.num_subnets, self.begin_step, end_step, self.frequency,
-                self.adjustment_period,
-            )
+                model.num_subnets, self.begin_step, end_step, self.frequency, period)
         else:
             self.schedules = schedules.staggered_schedules(
                 self.initial_sparsity, model.sparsities, self.begin_step, end_step,
-                self.frequency, self.adjustment_period,
-            )
+                self.frequency, period)
         if self.initial_sparsity > model.sparsities[0]:
             raise ValueError(
                 f"initial_sparsity {self.initial_sparsity} exceeds the densest sub-net's target "
@@ -214,6 +250,7 @@ class PruneRegrow(keras.callbacks.Callback):
             "total_steps": self.total_steps,
             "seed": self.seed,
             "verbose": self.verbose,
+            **self.fidelity,
         }
 
     @classmethod
@@ -224,6 +261,7 @@ class PruneRegrow(keras.callbacks.Callback):
         """What the compiled step depends on (a new value forces a new trace)."""
         return (
             self.mode,
+            tuple(sorted(self.fidelity.items())),
             tuple(repr(s) for s in self.schedules or ()),
             repr(self.ratio_schedule),
         )
@@ -260,10 +298,15 @@ class PruneRegrow(keras.callbacks.Callback):
         rng = np.random.default_rng(self.seed)
         density = 1.0 - self.initial_sparsity
         K = self.model.num_subnets
+        counts = None
+        if self.fidelity["initial_density"] == "erk":
+            from keras_ast.updaters import layer_densities
+
+            counts = layer_densities(self.model.sparse_layers, self.initial_sparsity, "erk")
         for layer in self.model.sparse_layers:
             shape = tuple(layer.shared_kernel.shape)
             size = int(np.prod(shape))
-            keep = int(round(density * size))
+            keep = int(round(density * size)) if counts is None else counts[layer.name].count
             rows = []
             for k in range(K):
                 if k == 0 or self.mode == "nondisjoint":
@@ -297,10 +340,14 @@ class PruneRegrow(keras.callbacks.Callback):
         ratio = self.ratio_schedule(step)
         current = [ops.cast(ops.take(layer.masks, subnet, axis=0), w.dtype)
                    for layer, w in zip(layers, weights)]
+        if self.fidelity["regrow_gradient"] == "masked":
+            grads = [g * m for g, m in zip(grads, current)]
         if model.nm_patterns is not None:
             # One branch per sub-net: each pattern has its own (static) group shape.
+            level = self.fidelity["nm_regrowth"]
             branches = [
-                lambda p=p: nm_lib.update_masks(weights, current, grads, p, target, ratio)
+                lambda p=p: nm_lib.update_masks(weights, current, grads, p, target, ratio,
+                                                regrowth=level)
                 for p in model.nm_patterns
             ]
             new = ops.switch(subnet, branches)
@@ -323,7 +370,10 @@ class PruneRegrow(keras.callbacks.Callback):
         """Steps A (global magnitude, to `sparsity`) and B (death/regrow) of the module
         docstring for sub-net `subnet` (in subset mode, k > 0 prunes within its parent)."""
         density = 1.0 - sparsity
-        pruned = mask_lib.global_magnitude_prune(weights, current, density)
+        ranked = current
+        if self.fidelity["ranking"] == "all":
+            ranked = [ops.ones_like(m) for m in current]
+        pruned = mask_lib.global_magnitude_prune(weights, ranked, density)
         new = [mask_lib.death_regrow(w, m, g, ratio) for w, m, g in zip(weights, pruned, grads)]
         if self.mode == "subset" and model.num_subnets > 1:
             parent = [ops.take(layer.masks, ops.maximum(subnet - 1, 0), axis=0)

@@ -46,8 +46,18 @@ from keras_ast.subnet_metrics import SubnetMetrics
 
 
 TRAINING_MODES = ("alternating", "joint")
+INACTIVE_BN = ("frozen", "zero_grad")
+GC_PROJECTIONS = ("masked", "full")
 # Columns of `ASTModel.gc_statistics` (row i: the steps of sub-net i, corrected against i - 1).
 GC_COLUMNS = ("steps", "corrected_steps", "products", "negative", "positive", "cosine_sum")
+
+
+def check_fidelity(inactive_bn, gc_projection):
+    """Raises ValueError naming a bad `inactive_bn` or `gc_projection`."""
+    if inactive_bn not in INACTIVE_BN:
+        raise ValueError(f"unknown inactive_bn {inactive_bn!r}; use one of {INACTIVE_BN}")
+    if gc_projection not in GC_PROJECTIONS:
+        raise ValueError(f"unknown gc_projection {gc_projection!r}; use one of {GC_PROJECTIONS}")
 
 
 def check_sparsities(sparsities) -> tuple[float, ...]:
@@ -92,11 +102,23 @@ class ASTModel(keras.Model):
         sub-net (zeros notation, e.g. ``keras_ast.parse_nm_list("2:4,3:4", counts="zeros")``),
         strictly increasing in sparsity; sub-net k then targets sparsity N/M, and
         `PruneRegrow` ramps it to the pattern (`keras_ast.nm`). All sub-nets are N:M or none.
+      inactive_bn: the BN copies of the sub-nets not trained this step: "frozen" (default:
+        with `keras_ast.SGD` they do not move at all) or "zero_grad" (they receive a zero
+        gradient, so momentum and weight decay still move them: what the authors' PyTorch code
+        does). Any other optimizer gives "zero_grad" behaviour.
+      gc_projection: gradient correction projects onto "masked" ``m_k * h`` (default: the
+        conflict is removed completely and the gradient stays inside sub-net k) or onto the
+        "full" h, as the paper's Eq. 5 writes it (the corrected gradient then has entries
+        outside m_k, which change weights sub-net k does not use).
     """
 
     def __init__(self, network, sparsities=None, gc="layerwise", gc_reference="corrected",
-                 training="alternating", nm=None, **kwargs):
+                 training="alternating", nm=None, inactive_bn="frozen", gc_projection="masked",
+                 **kwargs):
         super().__init__(**kwargs)
+        check_fidelity(inactive_bn, gc_projection)
+        self.inactive_bn = inactive_bn
+        self.gc_projection = gc_projection
         sparsities, self.nm_patterns = nm_lib.resolve_targets(sparsities, nm)
         self.sparsities = check_sparsities(sparsities)
         correction.check_mode(gc, gc_reference)
@@ -380,7 +402,8 @@ class ASTModel(keras.Model):
                 total[i] = g
         with contextlib.ExitStack() as stack:
             stack.enter_context(distribute.applying_reduced_gradients(self.optimizer, reduced))
-            if isinstance(self.optimizer, SGD) and self.training_mode == "alternating":
+            if (isinstance(self.optimizer, SGD) and self.training_mode == "alternating"
+                    and self.inactive_bn == "frozen"):
                 stack.enter_context(self.optimizer.updating_rows(
                     self.per_subnet_variables, subnets[0], self.num_subnets))
             self.optimizer.apply(total, variables)
@@ -446,8 +469,9 @@ class ASTModel(keras.Model):
         if self.uses_gc:
             refs = [ops.cast(h, g.dtype) for h, g in zip(self.gc_refs, masked)]
             enabled = subnet > 0
-            corrected, stats = correction.project(masked, refs, self.gc, enabled=enabled,
-                                                  masks=masks)
+            corrected, stats = correction.project(
+                masked, refs, self.gc, enabled=enabled,
+                masks=masks if self.gc_projection == "masked" else None)
             weight = ops.cast(enabled, "float32")
             self.gc_conflict_tracker.update_state(stats.conflict, sample_weight=weight)
             self.gc_cosine_tracker.update_state(stats.cosine, sample_weight=weight)
@@ -528,6 +552,8 @@ class ASTModel(keras.Model):
             "training": self.training_mode,
             "nm": None if self.nm_patterns is None else [p.get_config()
                                                          for p in self.nm_patterns],
+            "inactive_bn": self.inactive_bn,
+            "gc_projection": self.gc_projection,
         }
 
     @classmethod

@@ -246,7 +246,7 @@ def _per_group(count):
     return ops.expand_dims(ops.cast(count, "int32"), -1)
 
 
-def update_masks(weights, masks, grads, pattern, fraction, ratio):
+def update_masks(weights, masks, grads, pattern, fraction, ratio, regrowth="element"):
     """One N:M update of one sub-net's masks (module docstring, steps 1-3).
 
     Args:
@@ -256,6 +256,11 @@ def update_masks(weights, masks, grads, pattern, fraction, ratio):
       pattern: the sub-net's `NMPattern`.
       fraction: share of all groups to make N:M-sparse (scalar in [0, 1]).
       ratio: death/regrow ratio r (scalar in [0, 1]).
+      regrowth: "element" (steps 1-3 above) or "group" (the paper's section 4.3: in each
+        layer the round(fraction * G_l) groups with the smallest mean |W| are N:M-sparse and
+        keep their (M - N) largest-|W| entries, whatever the current mask; groups are pruned
+        and regrown whole, no entry is regrown by gradient; `masks`, `grads` and `ratio` are
+        not used).
 
     Returns:
       The new masks: in the round(fraction * G) N:M-sparse groups exactly ``min(r, M - N)``
@@ -265,6 +270,10 @@ def update_masks(weights, masks, grads, pattern, fraction, ratio):
     magnitude = [to_groups(ops.abs(w), m) for w in weights]
     real = [to_groups(ops.ones_like(w), m) for w in weights]
     sizes = [ops.sum(r, axis=-1) for r in real]
+    if regrowth == "group":
+        return _group_level_masks(weights, masks, pattern, fraction, magnitude, real, sizes)
+    if regrowth != "element":
+        raise ValueError(f"regrowth must be 'element' or 'group', got {regrowth!r}")
     scores = ops.concatenate([ops.sum(a, axis=-1) / s for a, s in zip(magnitude, sizes)], 0)
     chosen = mask_lib.top_count(-scores, mask_lib.count_to_keep(fraction, scores.shape[0]))
     new, start = [], 0
@@ -285,6 +294,21 @@ def update_masks(weights, masks, grads, pattern, fraction, ratio):
                                   ops.where(r > 0.5, to_groups(ops.abs(grad), m), filler))
         grown = ops.cast(rank_in_groups(regrow_scores) < lost, a.dtype)
         groups = ops.where(sparse, survivors + grown, r)
+        new.append(ops.cast(from_groups(groups, w.shape), mask.dtype))
+    return new
+
+
+def _group_level_masks(weights, masks, pattern, fraction, magnitude, real, sizes):
+    """`update_masks` with regrowth="group": per layer, by group score, magnitude inside."""
+    keep = pattern.nonzeros
+    new = []
+    for w, mask, a, r, size in zip(weights, masks, magnitude, real, sizes):
+        chosen = mask_lib.top_count(-ops.sum(a, axis=-1) / size,
+                                    mask_lib.count_to_keep(fraction, a.shape[0]))
+        sparse = ops.expand_dims(chosen, -1) > 0.5
+        limit = _per_group(ops.minimum(size, float(keep)))
+        kept = ops.cast(rank_in_groups(ops.where(r > 0.5, a, r - 2.0)) < limit, a.dtype)
+        groups = ops.where(sparse, kept, r)
         new.append(ops.cast(from_groups(groups, w.shape), mask.dtype))
     return new
 

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 import keras_ast
-from keras_ast import atomic, checkpoint, distribute, export, models, nm, updaters
+from keras_ast import atomic, checkpoint, distribute, export, fidelity, models, nm, updaters
 from keras_ast import data as data_lib
 
 NM_NOTATION = ("N:M = N zeros in every group of M consecutive input channels (the AST "
@@ -66,11 +66,14 @@ def _prune_callback(flags, num_subnets, steps_per_epoch):
     if end_epoch is None:
         end_epoch = 0.6875 * flags.epochs
     end = max(begin + 1, int(end_epoch * steps_per_epoch))
+    options = fidelity.preset(getattr(flags, "preset", "default")).updater
+    if options["offset_unit"] == "subnet" and flags.adjustment_period is None:
+        period = max(1, frequency // (2 * num_subnets * num_subnets))  # x K in the schedule
     return keras_ast.PruneRegrow(
         frequency=frequency, adjustment_period=period if num_subnets > 1 else 0,
         begin_step=begin, end_step=end, initial_sparsity=flags.initial_sparsity,
         mode="subset" if updater == "nested" else flags.prune_mode, total_steps=total,
-        seed=flags.seed, verbose=1,
+        seed=flags.seed, verbose=1, **options,
     )
 
 
@@ -145,6 +148,7 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
             plain, sparsities, dense_layers=models.dense_layers(flags.model),
             gc="off" if training == "joint" else flags.gc, gc_reference=flags.gc_reference,
             training=training, nm=patterns,
+            **fidelity.preset(getattr(flags, "preset", "default")).model,
         )
         if flags.distribution != "none":
             distribute.set_synchronized_batchnorm(model, flags.sync_batchnorm)
@@ -264,6 +268,7 @@ def run(flags, sparsities):
         "mode": flags.mode,
         "gc": flags.gc if flags.mode in ("ast", "individual") else "off",
         "updater": None if flags.mode == "dense" else updater_name(flags),
+        "preset": getattr(flags, "preset", "default"),
         "epochs": flags.epochs,
         "steps_per_epoch": steps_per_epoch,
         "distribution": flags.distribution,

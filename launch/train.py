@@ -28,6 +28,7 @@ GC_MODES = ("off", "layerwise", "global")
 UPDATERS = ("granet", "nested", "rigl", "set", "static")
 DENSITIES = ("uniform", "erk")
 PRUNE_MODES = ("nondisjoint", "subset")
+PRESETS = ("default", "authors_code")  # keras_ast.fidelity.PRESETS
 
 flags.DEFINE_string("dataset", "digits", f"Data set: one of {', '.join(DATASETS)}.")
 flags.DEFINE_string("data_dir", None,
@@ -61,6 +62,10 @@ flags.DEFINE_string("density", "uniform", "Layer densities of --updater=rigl|set
                     "uniform or erk (Erdos-Renyi-Kernel).")
 flags.DEFINE_string("gc", "layerwise", f"Gradient correction: one of {', '.join(GC_MODES)}.")
 flags.DEFINE_string("gc_reference", "corrected", "GC reference gradient: corrected|raw.")
+flags.DEFINE_string("preset", "default", "Fidelity preset (keras_ast.fidelity): default "
+                    "(keras_ast's choices) or authors_code (the authors' released code's "
+                    "choices, less its bugs; --adjustment_period then counts each sub-net's "
+                    "own steps). --updater=granet or nested.")
 flags.DEFINE_integer("epochs", 30, "Training epochs.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_float("lr", 0.05, "Peak learning rate.")
@@ -233,6 +238,12 @@ def check_updater_flags():
     if own_masks and FLAGS.initial_sparsity != 0.0:
         raise FlagError(f"--updater={FLAGS.updater} starts at the target sparsities: leave out "
                         f"--initial_sparsity={FLAGS.initial_sparsity}")
+    if FLAGS.preset not in PRESETS:
+        raise FlagError(f"unknown --preset={FLAGS.preset!r}; use one of "
+                        f"{', '.join(PRESETS)}")
+    if FLAGS.preset != "default" and FLAGS.updater not in ("granet", "nested"):
+        raise FlagError(f"--preset={FLAGS.preset} sets GraNet's options; it does not apply to "
+                        f"--updater={FLAGS.updater}")
     if FLAGS.nm is not None and FLAGS.updater not in ("granet",):
         raise FlagError(f"--nm sub-nets need --updater=granet, got --updater={FLAGS.updater}")
 
