@@ -151,8 +151,14 @@ class PruneRegrow(keras.callbacks.Callback):
 
         if not isinstance(model, ASTModel):
             raise TypeError(f"PruneRegrow needs a keras_ast.ASTModel, got {type(model).__name__}")
+        owner = model.updater
+        if owner is not None and owner is not self and model._owned_updater:
+            raise ValueError(
+                f"the model already owns a mask updater ({type(owner).__name__}, given to "
+                f"compile or the constructor); fit it without another {type(self).__name__}"
+            )
         super().set_model(model)
-        model.attach_pruner(self)
+        model.set_updater(self)
 
     def set_params(self, params):
         super().set_params(params)
@@ -272,7 +278,8 @@ class PruneRegrow(keras.callbacks.Callback):
             self._initial_masks()
 
     def on_train_end(self, logs=None):
-        self.model.attach_pruner(None)
+        if not self.model._owned_updater:  # given to fit: the model's for that fit only
+            self.model.set_updater(None)
 
     def on_epoch_end(self, epoch, logs=None):
         values = {k: self.model.subnet_sparsity(k) for k in range(self.model.num_subnets)}
@@ -327,19 +334,29 @@ class PruneRegrow(keras.callbacks.Callback):
         )
 
     def update(self, model, step, subnet, dense_grads):
-        """Prunes and regrows sub-net `subnet`'s masks (called by `ASTModel.train_step` inside
-        a ``cond`` on `is_due`), using the dense gradients of its kernels for regrowth."""
-        K = model.num_subnets
+        """Runs `new_masks` on the model's variables and assigns the result (a convenience
+        for tests and benchmarks; `ASTModel.train_step` calls `new_masks` itself)."""
         layers = model.sparse_layers
-        weights = [ops.convert_to_tensor(layer.shared_kernel) for layer in layers]
+        new = self.new_masks(step, subnet,
+                             [ops.convert_to_tensor(layer.shared_kernel) for layer in layers],
+                             [ops.convert_to_tensor(layer.masks) for layer in layers],
+                             dense_grads)
+        for layer, rows in zip(layers, new):
+            layer.masks.assign(ops.cast(rows, layer.masks.dtype))
+
+    def new_masks(self, step, subnet, weights, rows, dense_grads):
+        """Sub-net `subnet`'s update at `step` (a pure function of tensors): prunes and regrows
+        its masks from the shared kernels `weights` and the dense gradients of its kernels.
+        `rows`: every sub-net's masks, [K, *kernel] per layer. Returns the new rows (in subset
+        mode, sparser sub-nets are re-nested too)."""
+        model = self.model
+        K = model.num_subnets
         grads = [ops.cast(g, w.dtype) for g, w in zip(dense_grads, weights)]
-        rows = [[ops.cast(layer.masks[j], w.dtype) for j in range(K)]
-                for layer, w in zip(layers, weights)]
+        current = [ops.cast(ops.take(r, subnet, axis=0), w.dtype) for r, w in zip(rows, weights)]
+        rows = [[ops.cast(r[j], w.dtype) for j in range(K)] for r, w in zip(rows, weights)]
         # The schedules' value at this step: the sparsity, or for N:M the fraction of groups.
         target = ops.take(ops.stack([s.sparsity(step) for s in self.schedules]), subnet)
         ratio = self.ratio_schedule(step)
-        current = [ops.cast(ops.take(layer.masks, subnet, axis=0), w.dtype)
-                   for layer, w in zip(layers, weights)]
         if self.fidelity["regrow_gradient"] == "masked":
             grads = [g * m for g, m in zip(grads, current)]
         if model.nm_patterns is not None:
@@ -352,8 +369,8 @@ class PruneRegrow(keras.callbacks.Callback):
             ]
             new = ops.switch(subnet, branches)
         else:
-            new = self._unstructured_masks(model, subnet, weights, current, grads, target, ratio)
-        for i in range(len(layers)):
+            new = self._unstructured_masks(subnet, weights, current, grads, target, ratio, rows)
+        for i in range(len(weights)):
             for j in range(K):
                 rows[i][j] = ops.where(subnet == j, new[i], rows[i][j])
         if self.mode == "subset":
@@ -361,12 +378,11 @@ class PruneRegrow(keras.callbacks.Callback):
                 nested = mask_lib.nest_within(
                     weights, [r[j] for r in rows], [r[j - 1] for r in rows]
                 )
-                for i in range(len(layers)):
+                for i in range(len(weights)):
                     rows[i][j] = ops.where(subnet < j, nested[i], rows[i][j])
-        for layer, layer_rows in zip(layers, rows):
-            layer.masks.assign(ops.cast(ops.stack(layer_rows), layer.masks.dtype))
+        return [ops.stack(layer_rows) for layer_rows in rows]
 
-    def _unstructured_masks(self, model, subnet, weights, current, grads, sparsity, ratio):
+    def _unstructured_masks(self, subnet, weights, current, grads, sparsity, ratio, rows):
         """Steps A (global magnitude, to `sparsity`) and B (death/regrow) of the module
         docstring for sub-net `subnet` (in subset mode, k > 0 prunes within its parent)."""
         density = 1.0 - sparsity
@@ -375,9 +391,8 @@ class PruneRegrow(keras.callbacks.Callback):
             ranked = [ops.ones_like(m) for m in current]
         pruned = mask_lib.global_magnitude_prune(weights, ranked, density)
         new = [mask_lib.death_regrow(w, m, g, ratio) for w, m, g in zip(weights, pruned, grads)]
-        if self.mode == "subset" and model.num_subnets > 1:
-            parent = [ops.take(layer.masks, ops.maximum(subnet - 1, 0), axis=0)
-                      for layer in model.sparse_layers]
+        if self.mode == "subset" and len(rows[0]) > 1:
+            parent = [ops.take(ops.stack(r), ops.maximum(subnet - 1, 0), axis=0) for r in rows]
             within = mask_lib.global_magnitude_prune(weights, parent, density)
             new = [ops.where(subnet > 0, b, a) for a, b in zip(new, within)]
         return new

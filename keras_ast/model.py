@@ -37,7 +37,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_ast import correction, cost, distribute
+from keras_ast import correction, cost, distribute, tf_engine, updaters
+from keras_ast import step as step_lib
 from keras_ast import layers as ast_layers
 from keras_ast import nm as nm_lib
 from keras_ast import sparsify as sparsify_lib
@@ -81,7 +82,7 @@ def check_sparsities(sparsities) -> tuple[float, ...]:
 
 
 @keras.saving.register_keras_serializable(package="keras_ast")
-class ASTModel(keras.Model):
+class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
     """K sparse sub-nets sharing one set of weights, trained by alternating steps.
 
     Build it with :meth:`from_model` from an ordinary Keras model, compile it as usual and
@@ -199,8 +200,9 @@ class ASTModel(keras.Model):
         )
         # loss_k and <metric>_k: each sub-net's training metrics, from its own steps only.
         self.subnet_metrics = SubnetMetrics(self.num_subnets)
-        self._pruner = None
-        self._traced_pruner = None
+        self._updater = None
+        self._owned_updater = False
+        self._traced_updater = None
         self.built = True
 
     @classmethod
@@ -313,40 +315,49 @@ class ASTModel(keras.Model):
         return zeros / total
 
     # ---------------------------------------------------------------------------- training
-    def attach_pruner(self, pruner):
-        """Used by `PruneRegrow.set_model`: the next compiled train step includes its update."""
-        self._pruner = pruner
+    @property
+    def updater(self):
+        """The mask updater the training step runs (`PruneRegrow` or a `keras_ast.updaters`
+        class), or None (fixed masks)."""
+        return self._updater
 
-    def make_train_function(self, force=False):
-        signature = None if self._pruner is None else self._pruner.signature()
-        if signature != self._traced_pruner:
-            force = True
-            self._traced_pruner = signature
-        if self.jit_compile and distribute.refuses_jit(self.distribute_strategy):
-            raise ValueError(
-                f"jit_compile=True does not work under {type(self.distribute_strategy).__name__} "
-                "with Keras 3 (XLA cannot place the mirrored variables); compile with "
-                "jit_compile=False"
-            )
-        # Create the optimizer slots now, so the first compiled step does not trace twice.
-        if self.optimizer is not None and not self.optimizer.built:
+    def set_updater(self, updater):
+        """Makes `updater` (or None) the model's mask updater; the next compiled step runs it.
+        A `PruneRegrow` passed to ``fit`` calls this itself."""
+        if updater is not None and not isinstance(updater, updaters.PruneRegrow):
+            raise TypeError(f"updater must be a keras_ast.PruneRegrow or keras_ast.updaters "
+                            f"updater, got {type(updater).__name__}")
+        self._updater = updater
+
+    def compile(self, *args, updater=None, **kwargs):
+        """`keras.Model.compile`, plus `updater`: the mask updater the model owns (kept in
+        ``.keras`` files; ``fit`` then needs no `PruneRegrow` callback)."""
+        if updater is not None:
+            self.set_updater(updater)
+            self._owned_updater = True
+        return super().compile(*args, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips a custom `compile` when loading a .keras file unless this is overridden;
+        # the updater is restored by `from_config`, not here.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
-        return super().make_train_function(force=force)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3.15 builds the metrics under tf.distribute from the first batch reduced with
-        # strategy.reduce("MEAN", (x, y)), which fails under MultiWorkerMirroredStrategy (a
-        # tuple is no DistributedValues) and costs a collective: one replica's share of the
-        # batch has the shapes the build needs.
-        if iterator is not None and self._distribute_strategy is not None:
-            strategy = self._distribute_strategy
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+    def fit(self, *args, callbacks=None, **kwargs):
+        # An updater the model owns is configured and logged by its callback.
+        callbacks = list(callbacks or [])
+        owned = self._updater if self._owned_updater else None
+        if owned is not None and not any(c is owned for c in callbacks):
+            callbacks.insert(0, owned)
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def _step_config(self):
+        return step_lib.StepConfig(
+            num_subnets=self.num_subnets, updater=self._updater,
+            window=1 if self.training_mode == "joint" else self.num_subnets, gc=self.gc,
+            gc_reference=self.gc_reference, gc_projection=self.gc_projection,
+            dense_macs=float(self._dense_macs), sparse_macs=tuple(self._sparse_macs))
 
     def _loss(self, x, y, sample_weight, training, subnet=None):
         y_pred = self(x, training=training)
@@ -370,34 +381,45 @@ class ASTModel(keras.Model):
         return (self.gc_conflict_tracker, self.gc_cosine_tracker, self.subnet_metrics)
 
     def train_step(self, data):
+        """Sub-net ``iteration mod K`` (all K in joint training): gradients
+        (`tf_engine.forward_backward`), `step.ast_step`, variable updates, optimizer step."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         step = ops.convert_to_tensor(self.iteration)
         variables = self.trainable_variables
-        batch = ops.shape(tf.nest.flatten(x)[0])[0]
         if self.training_mode == "joint":
             subnets = list(range(self.num_subnets))  # all of them, every step
         else:
             subnets = [ops.cast(step % self.num_subnets, "int32")]
+        position = {id(v): i for i, v in enumerate(variables)}
+        kernel_ids = [position[id(layer.shared_kernel)] for layer in self.sparse_layers]
+        config = self._step_config()
         total = None
         for subnet in subnets:
             self.active_subnet.assign(subnet)
-            with tf.GradientTape() as tape, ast_layers.recording_masked_kernels() as records:
-                y_pred, loss = self._loss(x, y, sample_weight, training=True, subnet=subnet)
-                loss = self.optimizer.scale_loss(loss)
-            products = [product for _, product, _ in records]
-            grads = tape.gradient(loss, variables + products)
-            grads = self._sparse_gradients(step, subnet, variables, grads[:len(variables)],
-                                           records, grads[len(variables):], batch)
+            y_pred, grads, records, product_grads = tf_engine.forward_backward(
+                self, x, y, sample_weight, subnet, variables)
+            masks, dense = (list(t) for t in zip(*self._recorded(subnet, records,
+                                                                   product_grads)))
+            kernel_grads, dense, extras, batch = self._kernel_gradients(
+                [grads[i] for i in kernel_ids], masks, dense, ops.shape(tf.nest.flatten(x)[0])[0])
+            result = step_lib.ast_step(
+                config, kernel_grads, dense, extras, masks,
+                [ops.convert_to_tensor(layer.masks) for layer in self.sparse_layers],
+                [ops.convert_to_tensor(layer.shared_kernel) for layer in self.sparse_layers],
+                [ops.convert_to_tensor(ref) for ref in self.gc_refs], step, subnet, batch)
+            self._record_step(result, subnet, batch)
+            grads = list(grads)
+            for i, g in zip(kernel_ids, result.grads):
+                grads[i] = g
             # Joint training: the gradient of the summed losses is the sum of the gradients.
             total = grads if total is None else [
                 a if b is None else b if a is None else ops.add(a, b) for a, b in zip(total, grads)
             ]
             logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         reduced = distribute.replicas_in_sync() > 1
-        if reduced:  # the kernels' gradients are already global (_sparse_gradients)
-            kernels = {id(layer.shared_kernel) for layer in self.sparse_layers}
-            rest = [i for i, (g, v) in enumerate(zip(total, variables))
-                    if g is not None and id(v) not in kernels]
+        if reduced:  # the kernels' gradients are already global (_kernel_gradients)
+            kernels = set(kernel_ids)
+            rest = [i for i, g in enumerate(total) if g is not None and i not in kernels]
             for i, g in zip(rest, distribute.all_reduce_sum([total[i] for i in rest])):
                 total[i] = g
         with contextlib.ExitStack() as stack:
@@ -409,6 +431,38 @@ class ASTModel(keras.Model):
             self.optimizer.apply(total, variables)
         self.iteration.assign_add(1)
         return distribute.step_logs(logs)
+
+    def _kernel_gradients(self, grads, masks, dense, batch):
+        """(kernel gradients dL/dW, dense gradients, {layer index: regularizer term}, batch),
+        summed over the replicas under tf.distribute."""
+        regularized = [j for j, layer in enumerate(self.sparse_layers)
+                       if distribute.kernel_regularized(layer)]
+        if distribute.replicas_in_sync() > 1:
+            grads, dense, batch, extras = tf_engine.global_kernel_gradients(
+                regularized, grads, masks, dense, batch)
+            return grads, dense, extras, batch
+        # dL/dW = dL/d(W*m) * m: already restricted to the sub-net's connections, plus, for a
+        # kernel with a regularizer, that term (it does not pass through W*m).
+        grads = [d * m if g is None else ops.cast(g, d.dtype)
+                 for g, d, m in zip(grads, dense, masks)]
+        extras = {j: grads[j] - dense[j] * masks[j] for j in regularized}
+        return grads, dense, extras, batch
+
+    def _record_step(self, result, subnet, batch):
+        """Writes what `ast_step` returned into the model's variables."""
+        if result.rows is not None:
+            tf_engine.assign_if(result.updated, list(zip(
+                [layer.masks for layer in self.sparse_layers], result.rows)))
+        for ref, value in zip(self.gc_refs, result.refs or []):
+            ref.assign(ops.cast(value, ref.dtype))
+        one_hot = ops.one_hot(subnet, self.num_subnets, dtype="float64")
+        self.train_flops.assign_add(one_hot * result.flops)
+        self.train_examples.assign_add(one_hot * ops.cast(batch, "float64"))
+        if result.gc_stats is not None:
+            weight = ops.cast(subnet > 0, "float32")
+            self.gc_conflict_tracker.update_state(result.gc_stats.conflict, sample_weight=weight)
+            self.gc_cosine_tracker.update_state(result.gc_stats.cosine, sample_weight=weight)
+            self.gc_statistics.assign_add(one_hot[:, None] * result.gc_row[None, :])
 
     def _recorded(self, subnet, records, product_grads):
         """Per sparse layer: (mask used in the forward, dense gradient dL/d(W*m)) from the
@@ -428,82 +482,6 @@ class ASTModel(keras.Model):
                 mask, grad = layer.mask_for(subnet), ops.zeros(kernel.shape, kernel.dtype)
             result.append((ops.cast(mask, kernel.dtype), ops.cast(grad, kernel.dtype)))
         return result
-
-    def _sparse_gradients(self, step, subnet, variables, grads, records, product_grads, batch):
-        """Mask update (if due), FLOPs accounting and gradient correction of the prunable
-        kernels; returns the gradients for the optimizer."""
-        position = {id(v): i for i, v in enumerate(variables)}
-        kernel_ids = [position[id(layer.shared_kernel)] for layer in self.sparse_layers]
-        masks, dense = (list(t) for t in zip(*self._recorded(subnet, records, product_grads)))
-        if distribute.replicas_in_sync() > 1:
-            masked, dense, batch, extras = self._global_gradients(kernel_ids, grads, masks,
-                                                                  dense, batch)
-        else:
-            # dL/dW = dL/d(W*m) * m: already restricted to the sub-net's connections, plus,
-            # for a kernel with a regularizer, that term (it does not pass through W*m).
-            masked = [d * m if grads[i] is None else ops.cast(grads[i], d.dtype)
-                      for i, d, m in zip(kernel_ids, dense, masks)]
-            extras = {j: masked[j] - dense[j] * masks[j]
-                      for j, layer in enumerate(self.sparse_layers)
-                      if distribute.kernel_regularized(layer)}
-        if self._pruner is not None:
-            window = 1 if self.training_mode == "joint" else self.num_subnets
-            count = len(masks)
-
-            def updated():
-                self._pruner.update(self, step, subnet, dense)
-                new = [ops.cast(layer.mask_for(subnet), d.dtype)
-                       for layer, d in zip(self.sparse_layers, dense)]
-                return new + [d * m + extras[j] if j in extras else d * m
-                              for j, (d, m) in enumerate(zip(dense, new))]
-
-            outputs = ops.cond(self._pruner.is_due(step, subnet, window=window), updated,
-                               lambda: masks + masked)
-            masks, masked = list(outputs[:count]), list(outputs[count:])
-        densities = [ops.cast(ops.mean(m), "float64") for m in masks]
-        flops = cost.step_flops(ops.cast(batch, "float64"), float(self._dense_macs),
-                                [float(m) for m in self._sparse_macs], densities)
-        one_hot = ops.one_hot(subnet, self.num_subnets, dtype="float64")
-        self.train_flops.assign_add(one_hot * flops)
-        self.train_examples.assign_add(one_hot * ops.cast(batch, "float64"))
-        if self.uses_gc:
-            refs = [ops.cast(h, g.dtype) for h, g in zip(self.gc_refs, masked)]
-            enabled = subnet > 0
-            corrected, stats = correction.project(
-                masked, refs, self.gc, enabled=enabled,
-                masks=masks if self.gc_projection == "masked" else None)
-            weight = ops.cast(enabled, "float32")
-            self.gc_conflict_tracker.update_state(stats.conflict, sample_weight=weight)
-            self.gc_cosine_tracker.update_state(stats.cosine, sample_weight=weight)
-            products = 1 if self.gc == "global" else len(masked)
-            row = ops.stack([weight, ops.cast(stats.negative > 0, "float32"), weight * products,
-                             stats.negative, stats.positive, stats.cosine])
-            self.gc_statistics.assign_add(one_hot[:, None] * ops.cast(row, "float64")[None, :])
-            stored = corrected if self.gc_reference == "corrected" else masked
-            for ref, value in zip(self.gc_refs, stored):
-                ref.assign(ops.cast(value, ref.dtype))
-            masked = corrected
-        grads = list(grads)
-        for i, g in zip(kernel_ids, masked):
-            grads[i] = g
-        return grads
-
-    def _global_gradients(self, kernel_ids, grads, masks, dense, batch):
-        """Under tf.distribute: the dense kernel gradients and the batch size summed over the
-        replicas (one all-reduce), so the mask update, gradient correction and FLOPs count see
-        the global batch on every replica. The kernels' gradients are then ``dense * m`` (the
-        same as the per-replica ones summed, since m is 0/1), plus, for a kernel with a
-        regularizer, its reduced extra term. Returns (masked, dense, global batch, {layer
-        index: reduced extra term})."""
-        extra = [i for i, layer in enumerate(self.sparse_layers)
-                 if distribute.kernel_regularized(layer) and grads[kernel_ids[i]] is not None]
-        local = dense + [ops.cast(grads[kernel_ids[i]], dense[i].dtype) - dense[i] * masks[i]
-                         for i in extra]
-        reduced = distribute.all_reduce_sum(local + [ops.cast(batch, "float32")])
-        dense, extras = reduced[:len(dense)], dict(zip(extra, reduced[len(dense):-1]))
-        masked = [d * m + extras[i] if i in extras else d * m
-                  for i, (d, m) in enumerate(zip(dense, masks))]
-        return masked, dense, reduced[-1], extras
 
     # -------------------------------------------------------------------------- evaluation
     def test_step(self, data):
@@ -554,6 +532,8 @@ class ASTModel(keras.Model):
                                                          for p in self.nm_patterns],
             "inactive_bn": self.inactive_bn,
             "gc_projection": self.gc_projection,
+            "updater": (updaters.serialize(self._updater)
+                        if self._owned_updater and self._updater is not None else None),
         }
 
     @classmethod
@@ -562,4 +542,9 @@ class ASTModel(keras.Model):
         network = keras.saving.deserialize_keras_object(
             config.pop("network"), custom_objects=custom_objects
         )
-        return cls(network, **config)
+        updater = config.pop("updater", None)
+        model = cls(network, **config)
+        if updater is not None:
+            model.set_updater(updaters.get(updater))
+            model._owned_updater = True
+        return model

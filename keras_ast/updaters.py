@@ -319,19 +319,19 @@ class MaskUpdater(PruneRegrow):
         grown = mask_lib.top_count(ops.where(on, ops.full_like(grow, -inf), grow), changed)
         return ops.cast(survivors + grown, mask.dtype)
 
-    def update(self, model, step, subnet, dense_grads):
-        """Drops and grows sub-net `subnet`'s masks (called by `ASTModel.train_step` inside a
-        ``cond`` on `is_due`)."""
+    def new_masks(self, step, subnet, weights, rows, dense_grads):
+        """Drops and grows sub-net `subnet`'s masks (a pure function of tensors; `rows`: every
+        sub-net's masks, [K, *kernel] per layer). Returns the new rows."""
         fraction = self.ratio_schedule(step)
-        K = model.num_subnets
-        for i, (layer, grad) in enumerate(zip(model.sparse_layers, dense_grads)):
-            weight = ops.convert_to_tensor(layer.shared_kernel)
-            mask = ops.cast(ops.take(layer.masks, subnet, axis=0), weight.dtype)
+        new_rows = []
+        for i, (weight, row, grad) in enumerate(zip(weights, rows, dense_grads)):
+            K = row.shape[0]
+            mask = ops.cast(ops.take(row, subnet, axis=0), weight.dtype)
             new = self.update_mask(weight, mask, ops.cast(grad, weight.dtype), fraction, step, i)
-            rows = ops.reshape(ops.equal(ops.arange(K, dtype="int32"), subnet),
-                               (K,) + (1,) * len(mask.shape))
-            layer.masks.assign(ops.where(rows, ops.cast(new, layer.masks.dtype)[None],
-                                         layer.masks))
+            chosen = ops.reshape(ops.equal(ops.arange(K, dtype="int32"), subnet),
+                                 (K,) + (1,) * len(mask.shape))
+            new_rows.append(ops.where(chosen, ops.cast(new, row.dtype)[None], row))
+        return new_rows
 
 
 class RigL(MaskUpdater):
@@ -422,8 +422,8 @@ class Static(MaskUpdater):
     def is_due(self, step, subnet, window):
         return ops.convert_to_tensor(False)
 
-    def update(self, model, step, subnet, dense_grads):
-        pass
+    def new_masks(self, step, subnet, weights, rows, dense_grads):
+        return list(rows)
 
 
 # ------------------------------------------------------------------------------ registry
@@ -473,6 +473,6 @@ def serialize(updater):
 
 
 __all__ = [
-    "DISTRIBUTIONS", "LayerDensity", "MaskUpdater", "RigL", "SET", "ScheduleError", "Static",
+    "DISTRIBUTIONS", "LayerDensity", "MaskUpdater", "PruneRegrow", "RigL", "SET", "ScheduleError", "Static",
     "UPDATERS", "erk_densities", "get", "layer_densities", "name_of", "serialize",
 ]

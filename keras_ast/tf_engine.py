@@ -1,0 +1,86 @@
+"""The TensorFlow-only parts of the training step: the backward pass, the sum over replicas
+and the Keras-version workarounds of `ASTModel` (the rest of the step, `keras_ast.step`, uses
+`keras.ops` only; tf.distribute helpers live in `keras_ast.distribute`)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from keras import ops
+
+from keras_ast import distribute
+from keras_ast import layers as ast_layers
+
+
+def forward_backward(model, x, y, sample_weight, subnet, variables):
+    """Forward pass of the active sub-net (recording each sparse layer's ``W * m``) and one
+    backward pass. Returns (y_pred, gradients of `variables`, records, gradients of the
+    recorded products: the dense dL/d(W*m))."""
+    with tf.GradientTape() as tape, ast_layers.recording_masked_kernels() as records:
+        y_pred, loss = model._loss(x, y, sample_weight, training=True, subnet=subnet)
+        loss = model.optimizer.scale_loss(loss)
+    products = [product for _, product, _ in records]
+    grads = tape.gradient(loss, list(variables) + products)
+    return y_pred, grads[:len(variables)], records, grads[len(variables):]
+
+
+def global_kernel_gradients(regularized, kernel_grads, masks, dense, batch):
+    """Under tf.distribute: the dense kernel gradients and the batch size summed over the
+    replicas (one all-reduce), so the mask update, gradient correction and FLOPs count see
+    the global batch on every replica. The kernels' gradients are then ``dense * m`` (the
+    same as the per-replica ones summed, since m is 0/1), plus, for a kernel with a
+    regularizer (`regularized`: layer indices), its reduced extra term. Returns (kernel
+    gradients, dense, global batch, {layer index: reduced extra term})."""
+    extra = [i for i in regularized if kernel_grads[i] is not None]
+    local = dense + [ops.cast(kernel_grads[i], dense[i].dtype) - dense[i] * masks[i]
+                     for i in extra]
+    reduced = distribute.all_reduce_sum(local + [ops.cast(batch, "float32")])
+    dense, extras = reduced[:len(dense)], dict(zip(extra, reduced[len(dense):-1]))
+    grads = [d * m + extras[i] if i in extras else d * m
+             for i, (d, m) in enumerate(zip(dense, masks))]
+    return grads, dense, reduced[-1], extras
+
+
+def assign_if(condition, pairs):
+    """Assigns each (variable, value) of `pairs` when the scalar bool `condition` holds."""
+    def assign():
+        for variable, value in pairs:
+            variable.assign(ops.cast(value, variable.dtype))
+        return tf.constant(True)
+
+    tf.cond(condition, assign, lambda: tf.constant(False))
+
+
+class TrainerWorkarounds:
+    """Mixed into `ASTModel` before `keras.Model`: checks and Keras 3.15 workarounds around
+    the compiled train function."""
+
+    def make_train_function(self, force=False):
+        signature = None if self.updater is None else self.updater.signature()
+        if signature != self._traced_updater:
+            force = True
+            self._traced_updater = signature
+        if self.jit_compile and distribute.refuses_jit(self.distribute_strategy):
+            raise ValueError(
+                f"jit_compile=True does not work under {type(self.distribute_strategy).__name__} "
+                "with Keras 3 (XLA cannot place the mirrored variables); compile with "
+                "jit_compile=False"
+            )
+        # Create the optimizer slots now, so the first compiled step does not trace twice.
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        return super().make_train_function(force=force)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 builds the metrics under tf.distribute from the first batch reduced with
+        # strategy.reduce("MEAN", (x, y)), which fails under MultiWorkerMirroredStrategy (a
+        # tuple is no DistributedValues) and costs a collective: one replica's share of the
+        # batch has the shapes the build needs.
+        if iterator is not None and self._distribute_strategy is not None:
+            strategy = self._distribute_strategy
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
