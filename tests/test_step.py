@@ -80,7 +80,7 @@ def test_model_owns_an_updater_from_compile_and_keeps_it_in_keras_files(tmp_path
     # A PruneRegrow given to fit is the model's for that fit only.
     other = compile_ast(keras_ast.ASTModel.from_model(tiny_cnn(width=8), [0.5]))
     other.fit(x, y, batch_size=64, epochs=2, verbose=0,
-              callbacks=[keras_ast.PruneRegrow(frequency=4, adjustment_period=0)])
+              callbacks=[keras_ast.PruneRegrow(frequency=4, adjustment_period=0, end_step=4)])
     assert other.updater is None
     assert other.get_config()["updater"] is None
     with pytest.raises(TypeError, match="updater must be"):
