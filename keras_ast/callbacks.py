@@ -1,8 +1,8 @@
-"""`PruneRegrow`: the per-sub-net prune-and-regrow callback (GraNet backbone, DESIGN.md s. 4).
+"""`PruneRegrow`: the per-sub-net prune-and-regrow callback (GraNet backbone, docs/design.md s. 4).
 
 Passing it to ``model.fit(callbacks=[...])`` attaches it to the `ASTModel`; the mask updates
 then run *inside* the compiled training step (a ``cond`` that is false on most steps), at the
-point DESIGN.md gives them: after the gradients, before masking, gradient correction and the
+point docs/design.md gives them: after the gradients, before masking, gradient correction and the
 optimizer step, using the active sub-net's dense gradient for regrowth. The schedules (which
 step, what sparsity, what regrow ratio) are small Python objects evaluated in the graph, so the
 step never retraces. At each epoch end the callback adds each sub-net's measured sparsity to

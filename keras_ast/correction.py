@@ -1,4 +1,4 @@
-"""Gradient correction (GC), DESIGN.md section 3.
+"""Gradient correction (GC), docs/design.md section 3.
 
 For the i-th sub-net of an inner group (i = t mod K >= 1), g is its gradient and h the gradient
 applied at the previous iteration (the previous sub-net). If g.h < 0, g is projected onto the

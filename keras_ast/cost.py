@@ -1,4 +1,4 @@
-"""Training cost in FLOPs (DESIGN.md section 8).
+"""Training cost in FLOPs (docs/design.md section 8).
 
 FLOPs of a training step = batch x 3 x sum over layers of (2 x MACs_l x density_l): forward
 plus backward is 3x the forward, a multiply-accumulate is 2 FLOPs, and density_l is the

@@ -125,7 +125,7 @@ def kernel_regularized(layer) -> bool:
 
 
 def refuses_jit(strategy) -> bool:
-    """True for the strategies where Keras 3's XLA-compiled step fails (DESIGN.md s. 11)."""
+    """True for the strategies where Keras 3's XLA-compiled step fails (docs/design.md s. 11)."""
     return isinstance(strategy, (tf.distribute.MirroredStrategy,
                                  tf.distribute.MultiWorkerMirroredStrategy))
 

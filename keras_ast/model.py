@@ -1,17 +1,17 @@
 """`ASTModel`: K sparse sub-nets of one network, trained alternately with gradient correction.
 
-One training step (DESIGN.md section 2), all inside the compiled function:
+One training step (`train_step`), all inside the compiled function:
 
 1. k = iteration mod K selects the sub-net (an int variable read by every sparse layer, so
    switching never retraces; works with ``jit_compile`` True or False).
-2. Forward with W * m_k and BN copy k; loss. One backward pass gives the gradient with
-   respect to each shared kernel W, which is ``dL/d(W*m_k) * m_k`` (restricted to the
-   sub-net), and with respect to each product W*m_k, the dense gradient (every entry).
-3. If a `PruneRegrow` callback is attached and sub-net k's mask update is due: prune and
-   regrow m_k using the dense gradients; the kernel gradients become dense * (new m_k).
-4. Gradient correction against the previous sub-net's gradient (`correction.project`), for
-   all but the first sub-net of each group of K steps.
-5. ``optimizer.apply``; BN copies of other sub-nets are left alone with `keras_ast.SGD`.
+2. Forward with W * m_k and BN copy k; loss. One backward pass (`tf_engine.forward_backward`)
+   gives the gradient with respect to each shared kernel W, which is ``dL/d(W*m_k) * m_k``
+   (restricted to the sub-net), and with respect to each product W*m_k, the dense gradient
+   (every entry). Under tf.distribute the kernels' gradients are summed over the replicas here.
+3. `keras_ast.step.ast_step` (keras.ops only, no variable): the model's updater's mask update
+   if due, FLOPs, gradient correction. Its results are assigned to the model's variables.
+4. ``optimizer.apply``; BN copies of other sub-nets are left alone with `keras_ast.SGD`
+   (``inactive_bn="frozen"``) or get a zero gradient (``"zero_grad"``).
 
 Monitoring (all cheap, inside the step): sub-net k's own loss and compiled metrics
 (``loss_k``, ``<metric>_k``, `SubnetMetrics`), its training FLOPs and examples, and for k >= 1
@@ -24,7 +24,7 @@ The shared kernel is never zeroed.
 
 Under tf.distribute (MirroredStrategy, MultiWorkerMirroredStrategy) the step sums the
 gradients over the replicas itself, once, before step 3, so the mask update and GC see the
-global batch's gradient on every replica, and step 5 applies them without a second reduction
+global batch's gradient on every replica, and step 4 applies them without a second reduction
 (keras_ast/distribute.py). A 2-replica run equals a 1-replica run with the same global batch.
 """
 
@@ -246,7 +246,7 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
     @property
     def training_flops(self):
         """{sub-net k: FLOPs spent on steps that trained k, "total": their sum, "dense_step":
-        FLOPs of one dense training example} (DESIGN.md section 8)."""
+        FLOPs of one dense training example} (docs/design.md section 8)."""
         per_subnet = [float(v) for v in ops.convert_to_numpy(self.train_flops)]
         result = {k: v for k, v in enumerate(per_subnet)}
         result["total"] = sum(per_subnet)

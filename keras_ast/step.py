@@ -10,7 +10,7 @@ gradients with the optimizer. `ast_step` itself reads and writes no variable and
 1. If sub-net k's mask update is due, the updater prunes and regrows its masks from the shared
    weights and the dense gradients dL/d(W*m_k), and the kernel gradients are re-masked with
    the new m_k (``dense * m_k``, plus a kernel regularizer's own term).
-2. FLOPs of the step, from the masks actually used (DESIGN.md section 8).
+2. FLOPs of the step, from the masks actually used (docs/design.md section 8).
 3. Gradient correction against the previous sub-net's gradient h (all but the first sub-net
    of each group of K steps): if g.h < 0, ``g <- g - (g.h / ||h||^2) h`` with h restricted to
    m_k (``gc_projection="masked"``) or the full h (``"full"``, the paper's Eq. 5).

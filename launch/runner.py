@@ -287,7 +287,7 @@ def run(flags, sparsities):
         # Wall-clock seconds of training (fit, with mask updates and per-epoch evaluation; not
         # data loading or export), per training run; of the last process only after a resume.
         "train_seconds": [seconds for _, _, seconds, _ in runs],
-        # DESIGN.md section 8: the whole run (all sub-nets), and the same steps trained dense.
+        # docs/design.md section 8: the whole run (all sub-nets), and the same steps trained dense.
         "training_flops": total_flops,
         "dense_training_flops": dense_flops,
         "subnets": entries,

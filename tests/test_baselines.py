@@ -83,7 +83,7 @@ def test_wrn32_macs_match_the_paper():
     from keras_ast.models import wide_resnet32
 
     assert abs(cost.model_macs(wide_resnet32()) - 275.6e6) / 275.6e6 < 0.005
-    # 160 epochs x 50,000 images dense: ~1.3e16 FLOPs (DESIGN.md section 8)
+    # 160 epochs x 50,000 images dense: ~1.3e16 FLOPs (docs/design.md section 8)
     assert abs(cost.dense_training_flops(wide_resnet32(), 160 * 50_000) / 1.3e16 - 1) < 0.03
 
 

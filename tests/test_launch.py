@@ -76,6 +76,8 @@ def test_saved_models_predict_like_the_in_memory_subnets(default_run):
     (["--width_multiplier=0.5"], "--width_multiplier applies to --model=resnet20"),
     (["--model=resnet20", "--width_multiplier=0"], "--width_multiplier must be > 0"),
     (["--mode=dense", "--gc=global"], "--mode=dense has no alternation"),
+    (["--preset=paper"], "unknown --preset='paper'"),
+    (["--updater=rigl", "--preset=authors_code"], "does not apply to --updater=rigl"),
 ])
 def test_bad_flags_fail_with_one_line(args, message, tmp_path):
     result = _launch(*args, f"--output_dir={tmp_path}/out", timeout=120)

@@ -79,7 +79,7 @@ def test_forward_with_other_classes_and_input(name, shape):
 
 def test_wide_resnet32_matches_the_paper():
     model = _default("wrn32")
-    assert abs(_macs(model) / 275.6e6 - 1) < 0.005  # 275.6 M MACs per image (DESIGN.md s. 8)
+    assert abs(_macs(model) / 275.6e6 - 1) < 0.005  # 275.6 M MACs per image (docs/design.md s. 8)
     convs = _convs(model)
     assert len(convs) == 1 + 3 * 5 * 2 + 2  # stem, 30 block convs, 2 shortcuts
     assert {c.filters for c in convs} == {32, 64, 128}

@@ -7,7 +7,7 @@ import keras
 
 from keras_ast.models.init import classifier, conv_bn
 
-DENSE_LAYERS = ()  # on CIFAR the classifier is prunable too (DESIGN.md section 4)
+DENSE_LAYERS = ()  # on CIFAR the classifier is prunable too (docs/design.md section 4)
 
 
 def basic_block(x, filters, strides, name):
@@ -40,7 +40,7 @@ def _cifar_resnet(name, num_classes, input_shape, stem_width, widths, blocks_per
 
 def wide_resnet32(num_classes=10, input_shape=(32, 32, 3), widths=(32, 64, 128),
                   blocks_per_stage=5):
-    """The paper's wide ResNet-32 (DESIGN.md section 9).
+    """The paper's wide ResNet-32 (docs/design.md section 9).
 
     3x3 stem conv (``stem_conv``, widths[0]) + BN (``stem_bn``) + ReLU, three stages of
     `blocks_per_stage` BasicBlocks (widths 32/64/128, stride 2 at stages 2 and 3 with 1x1

@@ -6,7 +6,7 @@ import keras
 
 from keras_ast.models.init import classifier, conv_bn
 
-DENSE_LAYERS = ("classifier",)  # on ImageNet the classifier stays dense (DESIGN.md s. 4)
+DENSE_LAYERS = ("classifier",)  # on ImageNet the classifier stays dense (docs/design.md s. 4)
 
 
 def bottleneck(x, filters, strides, name, zero_init_residual=False):
