@@ -1,398 +1,120 @@
-"""`PruneRegrow`: the per-sub-net prune-and-regrow callback (GraNet backbone, docs/design.md s. 4).
+"""`PruneRegrow`: the user's handle on prune-and-regrow in ``model.fit(callbacks=[...])``.
 
-Passing it to ``model.fit(callbacks=[...])`` attaches it to the `ASTModel`; the mask updates
-then run *inside* the compiled training step (a ``cond`` that is false on most steps), at the
-point docs/design.md gives them: after the gradients, before masking, gradient correction and the
-optimizer step, using the active sub-net's dense gradient for regrowth. The schedules (which
-step, what sparsity, what regrow ratio) are small Python objects evaluated in the graph, so the
-step never retraces. At each epoch end the callback adds each sub-net's measured sparsity to
-the logs (``sparsity_k``) and the current regrow ratio (``regrow_ratio``), so they show in the
-progress bar, in ``History`` and in a TensorBoard callback placed after it.
-
-Update timing: sub-net k's j-th update is scheduled at ``begin_step + k * adjustment_period +
-j * frequency`` and carried out at the first step at or after that where sub-net k is the
-active one (it runs every K-th step), so its own fresh gradient drives regrowth.
-
-Each update of sub-net k:
-  A. gradual pruning: keep the round((1 - s) N) largest-|W| active weights over all prunable
-     kernels (global magnitude, s from the cubic schedule; no-op once s is reached);
-  B. death and regrowth in each layer: drop the fraction r of its active weights with the
-     smallest |W|, regrow as many inactive ones with the largest dense |gradient|. r decays by
-     cosine from 0.5 to 0.005 over the run. A regrown weight keeps its current shared value
-     (it may be in use, and trained, by another sub-net); nothing is zeroed.
-
-Modes: ``nondisjoint`` (default): every sub-net prunes and regrows on its own.
-``subset``: sparser masks are subsets of the next denser one. Sub-net 0 does A and B; sub-net
-k > 0 keeps the round((1 - s_k) N) largest-|W| weights of sub-net k-1's mask (no regrowth of its
-own). After any update, every sparser mask is re-nested in its parent (entries still inside
-stay; lost ones are replaced by the largest-|W| parent entries), so masks nest at all times.
-
-N:M sub-nets (``ASTModel(..., nm=[...])``): the same update times, but each update of sub-net
-k runs `keras_ast.nm.update_masks` with its pattern: the fraction of N:M-sparse groups follows
-the cubic ramp 0 -> 1 (`schedules.CubicGroupFraction`), groups are chosen by magnitude score,
-and death/regrowth (ratio r) happens inside the N:M-sparse groups, keeping every group's count.
-N:M sub-nets start dense (``initial_sparsity=0``) and prune independently ("nondisjoint").
+The mask updates themselves belong to the model: they run inside its compiled training step
+(`keras_ast.step.ast_step`), done by its updater (`keras_ast.updaters`). `PruneRegrow` gives the
+model an updater for one fit (GraNet built from its arguments, or the `updater` passed) or,
+when the model already owns one (``compile(updater=...)``), uses that one. Either way it then
+only prepares and observes: before the first step it has the updater check its schedules
+against the run's length (`keras_ast.ScheduleError` before any step if they cannot work) and
+draw the initial masks (at step 0); at each epoch end it adds each sub-net's measured sparsity
+(``sparsity_k``) and the current regrow ratio (``regrow_ratio``) to the logs, so they show in
+the progress bar, in ``History`` and in a TensorBoard callback placed after it.
 """
 
 from __future__ import annotations
 
 import keras
-import numpy as np
-from keras import ops
 
-from keras_ast import masks as mask_lib
-from keras_ast import nm as nm_lib
-from keras_ast import schedules
-
-MODES = ("nondisjoint", "subset")
-# Fidelity options (README "keras_ast / paper / authors' code"): {option: (values, default)}.
-FIDELITY_OPTIONS = {
-    "ranking": (("active", "all"), "active"),
-    "regrow_gradient": (("dense", "masked"), "dense"),
-    "offset_unit": (("global", "subnet"), "global"),
-    "initial_density": (("uniform", "erk"), "uniform"),
-    "nm_regrowth": (("element", "group"), "element"),
-}
-
-
-def _as_ratio_schedule(regrow_ratio, total_steps):
-    if isinstance(regrow_ratio, schedules.CosineDecay):
-        return regrow_ratio
-    if isinstance(regrow_ratio, dict):  # a CosineDecay's get_config()
-        return schedules.CosineDecay.from_config(regrow_ratio)
-    initial, final = regrow_ratio
-    return schedules.CosineDecay(initial, final, max(int(total_steps), 1))
-
-
-def check_fidelity(**options):
-    """{option: value} after checking each against `FIDELITY_OPTIONS` (ValueError naming it)."""
-    for name, value in options.items():
-        values, _ = FIDELITY_OPTIONS[name]
-        if value not in values:
-            raise ValueError(f"unknown {name} {value!r}; use one of {values}")
-    return dict(options)
-
-
-class ScheduleError(ValueError):
-    """A `PruneRegrow` schedule that cannot work for the run (raised before training starts)."""
+from keras_ast.updaters import GraNet, MaskUpdater, ScheduleError  # noqa: F401 (re-export)
+from keras_ast.updaters import get as get_updater
 
 
 class PruneRegrow(keras.callbacks.Callback):
-    """Gradual pruning plus prune-and-regrow of every sub-net's masks during ``fit``.
+    """Prune-and-regrow of every sub-net's masks during ``fit``.
+
+    ``PruneRegrow(frequency=1000, adjustment_period=100, ...)`` trains with a `GraNet` updater
+    made from those arguments (see `keras_ast.updaters.GraNet` for them all);
+    ``PruneRegrow(updater=...)`` with any updater (an instance, a registry name or a
+    `keras_ast.updaters.serialize` dict); ``PruneRegrow()`` on a model that owns an updater
+    observes that one. Attributes of the updater (``schedules``, ``mode``, ...) read through.
 
     Args:
-      frequency: iterations between two updates of one sub-net (F; paper: 1000 on CIFAR).
-      adjustment_period: iterations between the updates of consecutive sub-nets (paper: 100
-        on CIFAR, 400 on ImageNet). Needs ``(K - 1) * adjustment_period < frequency`` so two
-        sub-nets are never scheduled at the same step.
-      begin_step: iteration of the first update (start of the gradual pruning).
-      end_step: iteration where the gradual pruning reaches the final sparsities; default
-        ``round(0.6875 * total steps)`` (the paper's epoch 110 of 160).
-      initial_sparsity: s_i; > 0 starts every sub-net from a random mask at that sparsity
-        (each layer uniformly), drawn at the first step of training.
-      mode: "nondisjoint" or "subset".
-      regrow_ratio: a `schedules.CosineDecay`, or (initial, final) decayed over the run.
-      total_steps: the run's total number of iterations; default epochs * steps per epoch
-        from ``fit`` (needed when the data set has no known length).
-      seed: seed of the random initial masks.
-      verbose: 1 prints each sub-net's sparsity at the end of every epoch.
-      ranking: step A ranks the sub-net's "active" weights (default: pruning never
-        re-activates a weight) or "all" shared weights, as the authors' code does (a weight
-        inactive in this sub-net but large in the shared kernel may come back).
-      regrow_gradient: step B regrows by the "dense" gradient dL/d(W*m) (default: any inactive
-        weight can come back) or the "masked" one (the authors' code: zero outside the mask, so
-        only just-dropped weights can return).
-      offset_unit: `adjustment_period` counts "global" iterations (default) or each sub-net's
-        own steps, "subnet" (the authors' code: sub-net k starts k * period * K iterations
-        later).
-      initial_density: with `initial_sparsity` > 0, each layer starts at that sparsity
-        ("uniform", default) or with ERK layer densities ("erk", the authors' code's default).
-      nm_regrowth: N:M sub-nets: "element" (default: N:M-sparse groups chosen over all
-        kernels, death/regrowth of entries inside them) or "group" (the paper's section 4.3:
-        each layer's round(f G_l) groups with the smallest summed |W| are N:M-sparse, each
-        keeping its largest |W|; no element regrowth).
+      updater: a `keras_ast.updaters.MaskUpdater`, a name or a serialized dict; default a
+        `GraNet` made from `**config` (or the model's own updater when `config` is empty).
+      verbose: 1 prints each sub-net's sparsity at the end of every epoch; default the
+        updater's `verbose`.
+      **config: `GraNet` arguments (only without `updater`).
     """
 
-    def __init__(self, frequency=1000, adjustment_period=100, begin_step=0, end_step=None,
-                 initial_sparsity=0.0, mode="nondisjoint", regrow_ratio=(0.5, 0.005),
-                 total_steps=None, seed=0, verbose=0, ranking="active", regrow_gradient="dense",
-                 offset_unit="global", initial_density="uniform", nm_regrowth="element"):
+    def __init__(self, updater=None, verbose=None, **config):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"unknown prune-regrow mode {mode!r}; use one of {MODES}")
-        self.fidelity = check_fidelity(ranking=ranking, regrow_gradient=regrow_gradient,
-                                       offset_unit=offset_unit, initial_density=initial_density,
-                                       nm_regrowth=nm_regrowth)
-        if not (isinstance(frequency, int) and frequency >= 1):
-            raise ValueError(f"frequency must be an integer >= 1, got {frequency!r}")
-        if not 0.0 <= initial_sparsity < 1.0:
-            raise ValueError(f"initial_sparsity must be in [0, 1), got {initial_sparsity!r}")
-        if end_step is not None and not end_step > begin_step >= 0:
-            raise ValueError(
-                f"need 0 <= begin_step < end_step, got begin_step={begin_step}, "
-                f"end_step={end_step}"
-            )
-        self.frequency = frequency
-        self.adjustment_period = adjustment_period
-        self.begin_step = int(begin_step)
-        self.end_step = end_step
-        self.initial_sparsity = float(initial_sparsity)
-        self.mode = mode
-        self.regrow_ratio = regrow_ratio
-        self.total_steps = total_steps
-        self.seed = seed
-        self.verbose = verbose
-        self.schedules = None
-        self.ratio_schedule = None
+        if updater is not None and config:
+            raise ValueError(f"PruneRegrow takes an updater or GraNet arguments, not both: "
+                             f"got updater={updater!r} and {sorted(config)}")
+        self._follows_model = updater is None and not config
+        if updater is None:
+            if verbose is not None:
+                config["verbose"] = verbose
+            updater = GraNet(**config)
+        self.updater = get_updater(updater)
+        self._verbose = verbose
 
-    # ------------------------------------------------------------------------- configuration
+    def __getattr__(self, name):  # the updater's attributes read through
+        if name == "updater" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.updater, name)
+
+    @property
+    def verbose(self):
+        return self.updater.verbose if self._verbose is None else self._verbose
+
+    # ------------------------------------------------------------------------- keras hooks
     def set_model(self, model):
         from keras_ast.model import ASTModel
 
         if not isinstance(model, ASTModel):
             raise TypeError(f"PruneRegrow needs a keras_ast.ASTModel, got {type(model).__name__}")
-        owner = model.updater
-        if owner is not None and owner is not self and model._owned_updater:
-            raise ValueError(
-                f"the model already owns a mask updater ({type(owner).__name__}, given to "
-                f"compile or the constructor); fit it without another {type(self).__name__}"
-            )
+        owned = model.updater if model.owns_updater else None
+        if owned is not None and owned is not self.updater:
+            if not self._follows_model:
+                raise ValueError(
+                    f"the model already owns a mask updater ({type(owned).__name__}, given to "
+                    "compile or the constructor); fit it without another updater (a plain "
+                    "PruneRegrow() observes the model's)"
+                )
+            self.updater = owned
         super().set_model(model)
-        model.set_updater(self)
+        self.updater.set_model(model)
+        if owned is None:
+            model.set_updater(self.updater, owned=False)  # the model's for this fit
 
     def set_params(self, params):
         super().set_params(params)
-        self.configure(self._planned_steps(params))
+        self.updater.configure(self.updater.planned_steps(params))
 
-    def _planned_steps(self, params):
-        if self.total_steps is not None:
-            return int(self.total_steps)
-        steps, epochs = params.get("steps"), params.get("epochs")
-        if not steps or not epochs:
-            raise ValueError(
-                "PruneRegrow cannot tell how long training is (the data set has no known "
-                "length); pass total_steps=... (and end_step=...)"
-            )
-        return int(steps) * int(epochs)
-
-    def configure(self, total_steps):
-        """Builds and checks the schedules for a run of `total_steps` iterations.
-
-        Raises `ScheduleError` (a ValueError; ``fit`` calls this before any training step) if a
-        sub-net could not reach its final sparsity within the run, if the timing would make two
-        sub-nets update together, or if a schedule argument is out of range.
-        """
-        try:
-            self._configure(total_steps)
-        except ScheduleError:
-            raise
-        except ValueError as error:
-            raise ScheduleError(str(error)) from None
-
-    def _configure(self, total_steps):
-        model = self.model
-        end_step = self.end_step
-        if end_step is None:
-            end_step = max(self.begin_step + 1, round(0.6875 * total_steps))
-        period = self.adjustment_period
-        if self.fidelity["offset_unit"] == "subnet":
-            period *= model.num_subnets
-        if model.nm_patterns is not None:
-            self._check_nm_settings()
-            self.schedules = schedules.staggered_group_fractions(
-                model.num_subnets, self.begin_step, end_step, self.frequency, period)
-        else:
-            self.schedules = schedules.staggered_schedules(
-                self.initial_sparsity, model.sparsities, self.begin_step, end_step,
-                self.frequency, period)
-        if self.initial_sparsity > model.sparsities[0]:
-            raise ValueError(
-                f"initial_sparsity {self.initial_sparsity} exceeds the densest sub-net's target "
-                f"{model.sparsities[0]}"
-            )
-        self.ratio_schedule = _as_ratio_schedule(self.regrow_ratio, total_steps)
-        K = model.num_subnets
-        for k, schedule in enumerate(self.schedules):
-            # The update is carried out at the first step >= T where sub-net k is active.
-            last = schedule.final_update
-            last += (k - last) % K
-            if last >= total_steps:
-                raise ScheduleError(
-                    f"sub-net {k} would reach its final sparsity {model.sparsities[k]} only at "
-                    f"step {last}, but training has {total_steps} steps (0..{total_steps - 1}); "
-                    f"lower end_step ({end_step}), frequency ({self.frequency}) or "
-                    f"adjustment_period ({self.adjustment_period}), or train longer"
-                )
-        self.total_steps_planned = total_steps
-
-    def _check_nm_settings(self):
-        patterns = ", ".join(map(str, self.model.nm_patterns))
-        if self.initial_sparsity > 0.0:
-            raise ValueError(
-                f"N:M sub-nets ({patterns}) start dense and ramp to their pattern; "
-                f"initial_sparsity must be 0, got {self.initial_sparsity}"
-            )
-        if self.mode != "nondisjoint":
-            raise ValueError(
-                f"N:M sub-nets ({patterns}) support mode='nondisjoint' only, got {self.mode!r}"
-            )
-
-    def get_config(self):
-        """The constructor arguments: ``type(self).from_config(self.get_config())`` makes an
-        equal callback (a `schedules.CosineDecay` regrow ratio is stored as its config)."""
-        ratio = self.regrow_ratio
-        if isinstance(ratio, schedules.CosineDecay):
-            ratio = ratio.get_config()
-        elif not isinstance(ratio, dict):
-            ratio = tuple(float(r) for r in ratio)
-        return {
-            "frequency": self.frequency,
-            "adjustment_period": self.adjustment_period,
-            "begin_step": self.begin_step,
-            "end_step": self.end_step,
-            "initial_sparsity": self.initial_sparsity,
-            "mode": self.mode,
-            "regrow_ratio": ratio,
-            "total_steps": self.total_steps,
-            "seed": self.seed,
-            "verbose": self.verbose,
-            **self.fidelity,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def signature(self):
-        """What the compiled step depends on (a new value forces a new trace)."""
-        return (
-            self.mode,
-            tuple(sorted(self.fidelity.items())),
-            tuple(repr(s) for s in self.schedules or ()),
-            repr(self.ratio_schedule),
-        )
-
-    # --------------------------------------------------------------------- keras callbacks
     def on_train_begin(self, logs=None):
-        if int(self.model.iteration.numpy()) == 0 and self.initial_sparsity > 0.0:
-            self._initial_masks()
+        if int(self.model.iteration.numpy()) == 0:
+            self.updater.initial_masks()
 
     def on_train_end(self, logs=None):
-        if not self.model._owned_updater:  # given to fit: the model's for that fit only
+        if not self.model.owns_updater:  # given for this fit only
             self.model.set_updater(None)
 
     def on_epoch_end(self, epoch, logs=None):
-        values = {k: self.model.subnet_sparsity(k) for k in range(self.model.num_subnets)}
+        model = self.model
+        values = {k: model.subnet_sparsity(k) for k in range(model.num_subnets)}
         if logs is not None:
             logs.update({f"sparsity_{k}": v for k, v in values.items()})
-            logs["regrow_ratio"] = self.current_regrow_ratio()
+            logs["regrow_ratio"] = self.updater.current_regrow_ratio()
         if self.verbose:
-            patterns = self.model.nm_patterns
+            patterns = model.nm_patterns
             text = ", ".join(
                 f"sub-net {k}{'' if patterns is None else f' ({patterns[k]})'}: "
-                f"{100 * v:.2f}% (target {100 * self.model.sparsities[k]:.1f}%)"
+                f"{100 * v:.2f}% (target {100 * model.sparsities[k]:.1f}%)"
                 for k, v in values.items()
             )
             print(f"Epoch {epoch + 1} sparsity: {text}")
 
-    def current_regrow_ratio(self, step=None):
-        """The death/regrow fraction r at `step` (default: the last step trained)."""
-        if step is None:
-            step = max(int(self.model.iteration.numpy()) - 1, 0)
-        return float(ops.convert_to_numpy(self.ratio_schedule(step)))
+    # -------------------------------------------------------------------------- config
+    def get_config(self):
+        """The updater's config (GraNet's arguments for ``PruneRegrow(**config)``), with
+        ``"updater"`` set to its registry name for any other updater."""
+        from keras_ast import updaters
 
-    def _initial_masks(self):
-        rng = np.random.default_rng(self.seed)
-        density = 1.0 - self.initial_sparsity
-        K = self.model.num_subnets
-        counts = None
-        if self.fidelity["initial_density"] == "erk":
-            from keras_ast.updaters import layer_densities
+        if type(self.updater) is GraNet:
+            return self.updater.get_config()
+        return {"updater": updaters.serialize(self.updater), "verbose": self._verbose}
 
-            counts = layer_densities(self.model.sparse_layers, self.initial_sparsity, "erk")
-        for layer in self.model.sparse_layers:
-            shape = tuple(layer.shared_kernel.shape)
-            size = int(np.prod(shape))
-            keep = int(round(density * size)) if counts is None else counts[layer.name].count
-            rows = []
-            for k in range(K):
-                if k == 0 or self.mode == "nondisjoint":
-                    row = np.zeros(size, dtype="float32")
-                    row[rng.permutation(size)[:keep]] = 1.0
-                rows.append(row.reshape(shape))  # subset mode: one random mask for all
-            layer.masks.assign(np.stack(rows))
-
-    # -------------------------------------------------------------- in-graph mask update
-    def is_due(self, step, subnet, window):
-        """Scalar bool tensor: is sub-net `subnet`'s mask update due at `step`?
-
-        `window` is how often the sub-net runs (K when alternating, 1 in joint training): an
-        update scheduled at T is carried out at its first step >= T.
-        """
-        return ops.take(
-            ops.stack([s.is_due(step, window=window) for s in self.schedules]), subnet
-        )
-
-    def update(self, model, step, subnet, dense_grads):
-        """Runs `new_masks` on the model's variables and assigns the result (a convenience
-        for tests and benchmarks; `ASTModel.train_step` calls `new_masks` itself)."""
-        layers = model.sparse_layers
-        new = self.new_masks(step, subnet,
-                             [ops.convert_to_tensor(layer.shared_kernel) for layer in layers],
-                             [ops.convert_to_tensor(layer.masks) for layer in layers],
-                             dense_grads)
-        for layer, rows in zip(layers, new):
-            layer.masks.assign(ops.cast(rows, layer.masks.dtype))
-
-    def new_masks(self, step, subnet, weights, rows, dense_grads):
-        """Sub-net `subnet`'s update at `step` (a pure function of tensors): prunes and regrows
-        its masks from the shared kernels `weights` and the dense gradients of its kernels.
-        `rows`: every sub-net's masks, [K, *kernel] per layer. Returns the new rows (in subset
-        mode, sparser sub-nets are re-nested too)."""
-        model = self.model
-        K = model.num_subnets
-        grads = [ops.cast(g, w.dtype) for g, w in zip(dense_grads, weights)]
-        current = [ops.cast(ops.take(r, subnet, axis=0), w.dtype) for r, w in zip(rows, weights)]
-        rows = [[ops.cast(r[j], w.dtype) for j in range(K)] for r, w in zip(rows, weights)]
-        # The schedules' value at this step: the sparsity, or for N:M the fraction of groups.
-        target = ops.take(ops.stack([s.sparsity(step) for s in self.schedules]), subnet)
-        ratio = self.ratio_schedule(step)
-        if self.fidelity["regrow_gradient"] == "masked":
-            grads = [g * m for g, m in zip(grads, current)]
-        if model.nm_patterns is not None:
-            # One branch per sub-net: each pattern has its own (static) group shape.
-            level = self.fidelity["nm_regrowth"]
-            branches = [
-                lambda p=p: nm_lib.update_masks(weights, current, grads, p, target, ratio,
-                                                regrowth=level)
-                for p in model.nm_patterns
-            ]
-            new = ops.switch(subnet, branches)
-        else:
-            new = self._unstructured_masks(subnet, weights, current, grads, target, ratio, rows)
-        for i in range(len(weights)):
-            for j in range(K):
-                rows[i][j] = ops.where(subnet == j, new[i], rows[i][j])
-        if self.mode == "subset":
-            for j in range(1, K):
-                nested = mask_lib.nest_within(
-                    weights, [r[j] for r in rows], [r[j - 1] for r in rows]
-                )
-                for i in range(len(weights)):
-                    rows[i][j] = ops.where(subnet < j, nested[i], rows[i][j])
-        return [ops.stack(layer_rows) for layer_rows in rows]
-
-    def _unstructured_masks(self, subnet, weights, current, grads, sparsity, ratio, rows):
-        """Steps A (global magnitude, to `sparsity`) and B (death/regrow) of the module
-        docstring for sub-net `subnet` (in subset mode, k > 0 prunes within its parent)."""
-        density = 1.0 - sparsity
-        ranked = current
-        if self.fidelity["ranking"] == "all":
-            ranked = [ops.ones_like(m) for m in current]
-        pruned = mask_lib.global_magnitude_prune(weights, ranked, density)
-        new = [mask_lib.death_regrow(w, m, g, ratio) for w, m, g in zip(weights, pruned, grads)]
-        if self.mode == "subset" and len(rows[0]) > 1:
-            parent = [ops.take(ops.stack(r), ops.maximum(subnet - 1, 0), axis=0) for r in rows]
-            within = mask_lib.global_magnitude_prune(weights, parent, density)
-            new = [ops.where(subnet > 0, b, a) for a, b in zip(new, within)]
-        return new
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -326,8 +326,8 @@ def resume_fit(model, source, epochs, backup, callbacks=(), strategy=None, **fit
     Restores the newest usable checkpoint (nothing on a first run), trains the rest of its
     epoch on the batches the interrupted run had not reached (a separate ``fit`` call), then
     the remaining epochs. Every step sees the batch and state an uninterrupted run would.
-    A `PruneRegrow` among `callbacks` without ``total_steps`` gets ``epochs *
-    source.steps_per_epoch``.
+    The updater of a `PruneRegrow` among `callbacks`, or the model's own, gets ``total_steps =
+    epochs * source.steps_per_epoch`` if it has none.
 
     Returns:
       (step the run started from, list of the ``History`` objects).
@@ -339,9 +339,12 @@ def resume_fit(model, source, epochs, backup, callbacks=(), strategy=None, **fit
     backup.steps_per_epoch = steps
     start = backup.restore(model)
     total = epochs * steps
-    for callback in callbacks:
-        if isinstance(callback, PruneRegrow) and callback.total_steps is None:
-            callback.total_steps = total
+    updaters = [c.updater for c in callbacks if isinstance(c, PruneRegrow)]
+    if model.owns_updater:
+        updaters.append(model.updater)
+    for updater in updaters:  # the whole run's length, also for the partial first fit
+        if updater.total_steps is None:
+            updater.total_steps = total
     fit_kwargs.setdefault("shuffle", False)  # the order is the source's
     histories = []
     epoch, done = divmod(start, steps)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from keras_ast.callbacks import FIDELITY_OPTIONS
+from keras_ast.updaters import FIDELITY_OPTIONS
 from keras_ast.model import GC_PROJECTIONS, INACTIVE_BN
 
 

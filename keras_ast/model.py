@@ -111,11 +111,14 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         conflict is removed completely and the gradient stays inside sub-net k) or onto the
         "full" h, as the paper's Eq. 5 writes it (the corrected gradient then has entries
         outside m_k, which change weights sub-net k does not use).
+      updater: a mask updater for the model to own (`keras_ast.updaters`; see
+        `set_updater`), also accepted by `compile`. Without one, masks change only while a
+        `keras_ast.PruneRegrow` is among ``fit``'s callbacks.
     """
 
     def __init__(self, network, sparsities=None, gc="layerwise", gc_reference="corrected",
                  training="alternating", nm=None, inactive_bn="frozen", gc_projection="masked",
-                 **kwargs):
+                 updater=None, **kwargs):
         super().__init__(**kwargs)
         check_fidelity(inactive_bn, gc_projection)
         self.inactive_bn = inactive_bn
@@ -201,9 +204,11 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         # loss_k and <metric>_k: each sub-net's training metrics, from its own steps only.
         self.subnet_metrics = SubnetMetrics(self.num_subnets)
         self._updater = None
-        self._owned_updater = False
+        self._owns_updater = False
         self._traced_updater = None
         self.built = True
+        if updater is not None:
+            self.set_updater(updater)
 
     @classmethod
     def from_model(cls, model, sparsities=None, prunable=None, dense_layers=(),
@@ -317,25 +322,46 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
     # ---------------------------------------------------------------------------- training
     @property
     def updater(self):
-        """The mask updater the training step runs (`PruneRegrow` or a `keras_ast.updaters`
-        class), or None (fixed masks)."""
+        """The mask updater the training step runs (a `keras_ast.updaters.MaskUpdater`), or
+        None (fixed masks)."""
         return self._updater
 
-    def set_updater(self, updater):
-        """Makes `updater` (or None) the model's mask updater; the next compiled step runs it.
-        A `PruneRegrow` passed to ``fit`` calls this itself."""
-        if updater is not None and not isinstance(updater, updaters.PruneRegrow):
-            raise TypeError(f"updater must be a keras_ast.PruneRegrow or keras_ast.updaters "
-                            f"updater, got {type(updater).__name__}")
+    @property
+    def owns_updater(self):
+        """True if the updater was given to the constructor or `compile` (kept in ``.keras``
+        files, used by every ``fit``); False for one lent by a `PruneRegrow` for one fit."""
+        return self._owns_updater and self._updater is not None
+
+    def set_updater(self, updater, owned=True):
+        """Makes `updater` (a `keras_ast.updaters.MaskUpdater`, a registry name or a serialized
+        dict; None for fixed masks) the model's mask updater; the next compiled step runs it.
+        `owned=False`: for one fit (what `PruneRegrow` does)."""
+        if updater is not None:
+            if not isinstance(updater, (str, dict, updaters.MaskUpdater)):
+                raise TypeError(f"updater must be a keras_ast.updaters.MaskUpdater, a name or a "
+                                f"serialized dict, got {type(updater).__name__}")
+            updater = updaters.get(updater)
+            updater.set_model(self)
         self._updater = updater
+        self._owns_updater = owned and updater is not None
 
     def compile(self, *args, updater=None, **kwargs):
-        """`keras.Model.compile`, plus `updater`: the mask updater the model owns (kept in
-        ``.keras`` files; ``fit`` then needs no `PruneRegrow` callback)."""
+        """`keras.Model.compile`, plus `updater`: a mask updater for the model to own (see
+        `set_updater`; ``fit`` then needs no `PruneRegrow` callback)."""
         if updater is not None:
             self.set_updater(updater)
-            self._owned_updater = True
         return super().compile(*args, **kwargs)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        # An updater the model owns is prepared and logged by a PruneRegrow observing it.
+        from keras_ast.callbacks import PruneRegrow
+
+        # An updater among the callbacks is lent for this fit, as PruneRegrow(updater).
+        callbacks = [PruneRegrow(c) if isinstance(c, updaters.MaskUpdater) else c
+                     for c in (callbacks or [])]
+        if self.owns_updater and not any(isinstance(c, PruneRegrow) for c in callbacks):
+            callbacks.insert(0, PruneRegrow())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def compile_from_config(self, config):
         # Keras skips a custom `compile` when loading a .keras file unless this is overridden;
@@ -343,14 +369,6 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         self.compile(**keras.saving.deserialize_keras_object(config))
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
-
-    def fit(self, *args, callbacks=None, **kwargs):
-        # An updater the model owns is configured and logged by its callback.
-        callbacks = list(callbacks or [])
-        owned = self._updater if self._owned_updater else None
-        if owned is not None and not any(c is owned for c in callbacks):
-            callbacks.insert(0, owned)
-        return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def _step_config(self):
         return step_lib.StepConfig(
@@ -532,8 +550,7 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
                                                          for p in self.nm_patterns],
             "inactive_bn": self.inactive_bn,
             "gc_projection": self.gc_projection,
-            "updater": (updaters.serialize(self._updater)
-                        if self._owned_updater and self._updater is not None else None),
+            "updater": updaters.serialize(self._updater) if self.owns_updater else None,
         }
 
     @classmethod
@@ -542,9 +559,4 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         network = keras.saving.deserialize_keras_object(
             config.pop("network"), custom_objects=custom_objects
         )
-        updater = config.pop("updater", None)
-        model = cls(network, **config)
-        if updater is not None:
-            model.set_updater(updaters.get(updater))
-            model._owned_updater = True
-        return model
+        return cls(network, **config)

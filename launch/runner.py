@@ -44,7 +44,7 @@ def updater_name(flags):
 
 
 def _prune_callback(flags, num_subnets, steps_per_epoch):
-    """The --updater's callback: granet / nested are `PruneRegrow` (--prune_mode=subset is
+    """The --updater's `PruneRegrow`: granet / nested are GraNet (--prune_mode=subset is
     nested), rigl / set / static come from `keras_ast.updaters` with --density."""
     updater = getattr(flags, "updater", "granet")
     total = flags.epochs * steps_per_epoch
@@ -52,16 +52,16 @@ def _prune_callback(flags, num_subnets, steps_per_epoch):
     period = flags.adjustment_period or max(1, frequency // (2 * num_subnets))
     begin = int(flags.prune_start_epoch * steps_per_epoch)
     if updater == "static":
-        return updaters.get("static", distribution=flags.density, total_steps=total,
-                            seed=flags.seed, verbose=1)
+        return keras_ast.PruneRegrow(updaters.get(
+            "static", distribution=flags.density, total_steps=total, seed=flags.seed, verbose=1))
     if updater in ("rigl", "set"):
         end = flags.prune_end_epoch  # default: the updater's (75% of the run)
-        return updaters.get(
+        return keras_ast.PruneRegrow(updaters.get(
             updater, frequency=frequency, adjustment_period=period if num_subnets > 1 else None,
             begin_step=begin,
             end_step=None if end is None else max(begin + 1, int(end * steps_per_epoch)),
             distribution=flags.density, total_steps=total, seed=flags.seed, verbose=1,
-        )
+        ))
     end_epoch = flags.prune_end_epoch
     if end_epoch is None:
         end_epoch = 0.6875 * flags.epochs

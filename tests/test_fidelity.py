@@ -83,7 +83,7 @@ def test_initial_density(initial_density):
     model = keras_ast.ASTModel.from_model(tiny_cnn(width=8), [0.9, 0.95])
     pruner = keras_ast.PruneRegrow(initial_sparsity=0.8, initial_density=initial_density)
     pruner.set_model(model)
-    pruner._initial_masks()
+    pruner.initial_masks()
     if initial_density == "erk":
         expected = {n: d.count for n, d in layer_densities(model.sparse_layers, 0.8,
                                                            "erk").items()}

@@ -84,4 +84,4 @@ def test_model_owns_an_updater_from_compile_and_keeps_it_in_keras_files(tmp_path
     assert other.updater is None
     assert other.get_config()["updater"] is None
     with pytest.raises(TypeError, match="updater must be"):
-        other.set_updater("rigl")
+        other.set_updater(42)

@@ -253,7 +253,7 @@ def _fit(name, sparsities, digits_batches, epochs=4, **config):
     updater = updaters.get(name, **config)
     log = _MaskLog()
     model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, shuffle=False,
-              callbacks=[updater, log])
+              callbacks=[keras_ast.PruneRegrow(updater), log])
     return model, updater, log
 
 
@@ -264,7 +264,7 @@ TIMING = {"granet": dict(frequency=6, adjustment_period=2, end_step=6),
           "static": dict(distribution="erk")}
 
 
-@pytest.mark.parametrize("name", updaters.UPDATERS)
+@pytest.mark.parametrize("name", sorted(TIMING))
 @pytest.mark.parametrize("sparsities", [[0.8], [0.5, 0.7, 0.9]], ids=["K1", "K3"])
 def test_fit_with_each_updater(name, sparsities, digits_batches):
     model, updater, log = _fit(name, sparsities, digits_batches, **TIMING[name])
@@ -314,7 +314,8 @@ def test_a_fit_in_two_parts_equals_one_fit(name, digits_batches):
         model = _model([0.5, 0.7, 0.9])
         for begin, end in parts:  # a fresh callback each time, as after a restart
             model.fit(x, y, batch_size=64, initial_epoch=begin, epochs=end, verbose=0,
-                      shuffle=False, callbacks=[updaters.get(name, **config)])
+                      shuffle=False,
+                      callbacks=[keras_ast.PruneRegrow(updaters.get(name, **config))])
         results.append([model.masks(k) for k in range(3)])
     for a, b in zip(*results):
         assert all(np.array_equal(a[n], b[n]) for n in a)
@@ -339,7 +340,7 @@ def test_granet_is_prune_regrow_bit_for_bit(digits_batches):
     config = dict(frequency=6, adjustment_period=2, end_step=6, initial_sparsity=0.3, seed=11)
     results = []
     for make in (lambda: keras_ast.PruneRegrow(**config),
-                 lambda: updaters.get("granet", **config)):
+                 lambda: keras_ast.PruneRegrow(updaters.get("granet", **config))):
         keras.utils.set_random_seed(1234)
         model = _model([0.5, 0.7, 0.9])
         model.fit(x, y, batch_size=64, epochs=3, verbose=0, shuffle=False, callbacks=[make()])
@@ -354,14 +355,17 @@ def test_granet_is_prune_regrow_bit_for_bit(digits_batches):
 
 # ------------------------------------------------------------------------------ registry
 def test_registry_names_and_errors():
-    assert isinstance(updaters.get("granet"), keras_ast.PruneRegrow)
+    assert type(updaters.get("granet")) is updaters.GraNet
+    assert type(keras_ast.PruneRegrow().updater) is updaters.GraNet
     assert updaters.get("granet").mode == "nondisjoint"
     assert updaters.get("nested").mode == "subset"
+    assert type(updaters.get("nested")) is updaters.Nested
+    assert type(updaters.get("nm")) is updaters.NM
     assert type(updaters.get("RigL")) is updaters.RigL
     assert type(updaters.get("set")) is updaters.SET
     assert type(updaters.get("static")) is updaters.Static
     with pytest.raises(ValueError, match="unknown updater 'snip'; use one of granet, nested, "
-                                         "rigl, set, static"):
+                                         "nm, rigl, set, static"):
         updaters.get("snip")
     with pytest.raises(ValueError, match="mode='subset'"):
         updaters.get("granet", mode="subset")
@@ -394,6 +398,12 @@ def test_rigl_refuses_nm_subnets():
     rigl.set_model(model)
     with pytest.raises(keras_ast.ScheduleError, match="need the granet updater"):
         rigl.configure(100)
+    nm_updater = updaters.get("nm", frequency=4, adjustment_period=1)
+    nm_updater.set_model(model)
+    nm_updater.configure(100)  # N:M sub-nets: fine
+    nm_updater.set_model(_model([0.5]))
+    with pytest.raises(keras_ast.ScheduleError, match="needs N:M sub-nets"):
+        nm_updater.configure(100)
 
 
 # ------------------------------------------------------------------------------ launcher
@@ -427,12 +437,12 @@ def test_launcher_default_is_todays_prune_regrow():
         nested.get_config()
     assert runner.updater_name(_flags(prune_mode="subset")) == "nested"
     rigl = runner._prune_callback(_flags(updater="rigl", density="erk"), 3, 42)
-    assert type(rigl) is updaters.RigL
-    assert rigl.get_config() == {**updaters.RigL().get_config(), "frequency": 42,
+    assert type(rigl) is keras_ast.PruneRegrow and type(rigl.updater) is updaters.RigL
+    assert rigl.updater.get_config() == {**updaters.RigL().get_config(), "frequency": 42,
                                  "adjustment_period": 7, "distribution": "erk",
                                  "total_steps": 420, "verbose": 1}
     static = runner._prune_callback(_flags(updater="static"), 1, 42)
-    assert type(static) is updaters.Static and static.total_steps == 420
+    assert type(static.updater) is updaters.Static and static.total_steps == 420
 
 
 def _launch(*args, timeout=300):
