@@ -29,7 +29,7 @@ from keras_ast.nm import NMPattern, parse_nm, parse_nm_list  # noqa: E402
 from keras_ast.optimizers import SGD  # noqa: E402
 from keras_ast.schedules import CosineDecay, CubicGroupFraction, CubicSparsity  # noqa: E402
 from keras_ast.sparsify import sparsify  # noqa: E402
-from keras_ast import updaters  # noqa: E402
+from keras_ast import fidelity, updaters  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "SparseDepthwiseConv2D",
     "SubnetValidation",
     "SwitchableBatchNormalization",
+    "fidelity",
     "parse_nm",
     "parse_nm_list",
     "recalibrate_batchnorm",

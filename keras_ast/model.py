@@ -34,7 +34,6 @@ import contextlib
 import math
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from keras_ast import correction, cost, distribute, tf_engine, updaters
@@ -381,8 +380,8 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         y_pred = self(x, training=training)
         loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                  training=training)
-        batch = ops.shape(tf.nest.flatten(x)[0])[0]
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        batch = ops.shape(keras.tree.flatten(x)[0])[0]
+        replicas = distribute.replicas_in_sync()
         self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
         if subnet is not None:  # training: sub-net `subnet`'s own loss and metrics
             self.subnet_metrics.update_state(subnet, loss * replicas, batch, y, y_pred,
@@ -419,7 +418,7 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
             masks, dense = (list(t) for t in zip(*self._recorded(subnet, records,
                                                                    product_grads)))
             kernel_grads, dense, extras, batch = self._kernel_gradients(
-                [grads[i] for i in kernel_ids], masks, dense, ops.shape(tf.nest.flatten(x)[0])[0])
+                [grads[i] for i in kernel_ids], masks, dense, ops.shape(keras.tree.flatten(x)[0])[0])
             result = step_lib.ast_step(
                 config, kernel_grads, dense, extras, masks,
                 [ops.convert_to_tensor(layer.masks) for layer in self.sparse_layers],
