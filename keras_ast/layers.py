@@ -125,6 +125,22 @@ class MaskedKernelMixin(SubnetLayerMixin):
     def kernel(self, variable):
         setattr(self, self._kernel_attr, variable)
 
+    # ValueError, not NotImplementedError: keras.Model.quantize turns the latter into a warning
+    # and leaves the layer as it is.
+    def enable_lora(self, *args, **kwargs):
+        raise ValueError(
+            f"layer {self.name!r} is sparse (keras_ast): LoRA would train and read its kernel "
+            "without the sub-net's mask. Export the sub-net first (keras_ast.export."
+            "subnet_model(model, k)) and enable LoRA on that plain model."
+        )
+
+    def quantize(self, *args, **kwargs):
+        raise ValueError(
+            f"layer {self.name!r} is sparse (keras_ast): quantizing it would drop the sub-net's "
+            "mask. Export the sub-net first (keras_ast.export.subnet_model(model, k)) and "
+            "quantize that plain model."
+        )
+
     def mask_for(self, subnet):
         """The [*kernel_shape] mask of `subnet` (an int or a scalar tensor)."""
         return ops.take(self.masks, subnet, axis=0)

@@ -200,6 +200,11 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
             name="gc_statistics", shape=(self.num_subnets, len(GC_COLUMNS)), dtype="float64",
             initializer="zeros", trainable=False, aggregation="only_first_replica",
         )
+        # Steps whose gradients were not all finite (skipped: no update of anything).
+        self.nonfinite_steps = self.add_weight(
+            name="nonfinite_steps", shape=(), dtype="int64", initializer="zeros",
+            trainable=False, aggregation="only_first_replica",
+        )
         # loss_k and <metric>_k: each sub-net's training metrics, from its own steps only.
         self.subnet_metrics = SubnetMetrics(self.num_subnets)
         self._updater = None
@@ -382,10 +387,13 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
                                  training=training)
         batch = ops.shape(keras.tree.flatten(x)[0])[0]
         replicas = distribute.replicas_in_sync()
-        self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
+        # A non-finite loss (a skipped step) adds nothing to the loss averages.
+        finite = ops.isfinite(loss)
+        tracked = ops.where(finite, loss * replicas, ops.zeros_like(loss))
+        weight = ops.cast(batch, "float32") * ops.cast(finite, "float32")
+        self._loss_tracker.update_state(tracked, sample_weight=weight)
         if subnet is not None:  # training: sub-net `subnet`'s own loss and metrics
-            self.subnet_metrics.update_state(subnet, loss * replicas, batch, y, y_pred,
-                                             sample_weight)
+            self.subnet_metrics.update_state(subnet, tracked, weight, y, y_pred, sample_weight)
         return y_pred, loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
@@ -410,7 +418,13 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         position = {id(v): i for i, v in enumerate(variables)}
         kernel_ids = [position[id(layer.shared_kernel)] for layer in self.sparse_layers]
         config = self._step_config()
-        total = None
+        total, all_finite = None, None
+        # State the forward pass updates (BatchNorm moving statistics), restored if the step
+        # turns out non-finite.
+        masks_ids = {id(layer.masks) for layer in self.sparse_layers}
+        forward_state = [v for v in self.network.non_trainable_variables
+                         if id(v) not in masks_ids]
+        saved_state = tf_engine.snapshot(forward_state)
         for subnet in subnets:
             self.active_subnet.assign(subnet)
             y_pred, grads, records, product_grads = tf_engine.forward_backward(
@@ -419,11 +433,16 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
                                                                    product_grads)))
             kernel_grads, dense, extras, batch = self._kernel_gradients(
                 [grads[i] for i in kernel_ids], masks, dense, ops.shape(keras.tree.flatten(x)[0])[0])
+            finite = tf_engine.all_finite(
+                [g for i, g in enumerate(grads) if g is not None and i not in kernel_ids]
+                + kernel_grads + dense)
+            all_finite = finite if all_finite is None else ops.logical_and(all_finite, finite)
             result = step_lib.ast_step(
                 config, kernel_grads, dense, extras, masks,
                 [ops.convert_to_tensor(layer.masks) for layer in self.sparse_layers],
                 [ops.convert_to_tensor(layer.shared_kernel) for layer in self.sparse_layers],
-                [ops.convert_to_tensor(ref) for ref in self.gc_refs], step, subnet, batch)
+                [ops.convert_to_tensor(ref) for ref in self.gc_refs], step, subnet, batch,
+                finite=finite)
             self._record_step(result, subnet, batch)
             grads = list(grads)
             for i, g in zip(kernel_ids, result.grads):
@@ -439,14 +458,23 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
             rest = [i for i, g in enumerate(total) if g is not None and i not in kernels]
             for i, g in zip(rest, distribute.all_reduce_sum([total[i] for i in rest])):
                 total[i] = g
+        skipped = ops.logical_not(all_finite)
+        self.nonfinite_steps.assign_add(ops.cast(skipped, "int64"))
+        tf_engine.assign_if(skipped, list(zip(forward_state, saved_state)))
+        sgd = tf_engine.inner_optimizer(self.optimizer)  # under a LossScaleOptimizer too
+        if not isinstance(sgd, SGD):  # no skip mechanism: a zero step (moments still decay)
+            total = [None if g is None else ops.where(all_finite, g, ops.zeros_like(g))
+                     for g in total]
         with contextlib.ExitStack() as stack:
             stack.enter_context(distribute.applying_reduced_gradients(self.optimizer, reduced))
-            if (isinstance(self.optimizer, SGD) and self.training_mode == "alternating"
-                    and self.inactive_bn == "frozen"):
-                stack.enter_context(self.optimizer.updating_rows(
-                    self.per_subnet_variables, subnets[0], self.num_subnets))
+            if isinstance(sgd, SGD):
+                stack.enter_context(sgd.skipping(skipped))
+                if self.training_mode == "alternating" and self.inactive_bn == "frozen":
+                    stack.enter_context(sgd.updating_rows(
+                        self.per_subnet_variables, subnets[0], self.num_subnets))
             self.optimizer.apply(total, variables)
         self.iteration.assign_add(1)
+        logs = {**logs, "nonfinite_steps": self.nonfinite_steps}
         return distribute.step_logs(logs)
 
     def _kernel_gradients(self, grads, masks, dense, batch):
@@ -476,7 +504,7 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         self.train_flops.assign_add(one_hot * result.flops)
         self.train_examples.assign_add(one_hot * ops.cast(batch, "float64"))
         if result.gc_stats is not None:
-            weight = ops.cast(subnet > 0, "float32")
+            weight = ops.cast(ops.logical_and(subnet > 0, result.finite), "float32")
             self.gc_conflict_tracker.update_state(result.gc_stats.conflict, sample_weight=weight)
             self.gc_cosine_tracker.update_state(result.gc_stats.cosine, sample_weight=weight)
             self.gc_statistics.assign_add(one_hot[:, None] * result.gc_row[None, :])

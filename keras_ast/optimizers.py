@@ -40,6 +40,7 @@ class SGD(keras.optimizers.SGD):
             raise ValueError(f"l2 must be >= 0, got {l2!r}")
         self.l2 = float(l2)
         self._row_selection = {}
+        self._skip = None
 
     @contextlib.contextmanager
     def updating_rows(self, variables, row, num_rows):
@@ -51,12 +52,24 @@ class SGD(keras.optimizers.SGD):
         finally:
             self._row_selection = previous
 
+    @contextlib.contextmanager
+    def skipping(self, skip):
+        """Within the block, `skip` (a bool scalar tensor) true leaves every variable and
+        momentum as it is (a step with non-finite gradients); the iteration count still
+        advances."""
+        previous = self._skip
+        self._skip = skip
+        try:
+            yield
+        finally:
+            self._skip = previous
+
     def _decays(self, variable):
         return self.l2 > 0.0 and self._use_weight_decay(variable)
 
     def update_step(self, gradient, variable, learning_rate):
         selection = self._row_selection.get(self._var_key(variable))
-        if not self._decays(variable) and selection is None:
+        if not self._decays(variable) and selection is None and self._skip is None:
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         learning_rate = ops.cast(learning_rate, dtype)
@@ -76,6 +89,10 @@ class SGD(keras.optimizers.SGD):
             step = ops.where(active, step, ops.zeros_like(step))
             if self.momentum != 0:
                 new_m = ops.where(active, new_m, m)
+        if self._skip is not None:
+            step = ops.where(self._skip, ops.zeros_like(step), step)
+            if self.momentum != 0:
+                new_m = ops.where(self._skip, m, new_m)
         if self.momentum != 0:
             self.assign(m, new_m)
         self.assign_add(variable, step)

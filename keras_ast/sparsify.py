@@ -83,6 +83,31 @@ def _resolve_prunable(model, prunable, dense_layers) -> set[str]:
     return names
 
 
+def _warn_dense_kernels(model, prunable_names, by_default, dense_layers):
+    """With the default `prunable`: warns, naming them, about layers with a kernel that stay
+    dense although nobody asked: types keras_ast cannot mask (Conv1D, Conv3D, SeparableConv2D,
+    EinsumDense, subclasses, ...) and nested models, whose layers `sparsify` does not enter."""
+    if not by_default:
+        return  # the layers were chosen (naming an unsupported one is an error)
+    left = []
+    for layer in model.layers:
+        if layer.name in prunable_names or layer.name in dense_layers:
+            continue
+        has_kernel = any("kernel" in w.path.split("/")[-1] for w in layer.weights)
+        if isinstance(layer, keras.Model) and has_kernel:
+            left.append(f"{layer.name} (nested model: not entered)")
+        elif has_kernel and _plain_type(layer) is None:
+            left.append(f"{layer.name} ({type(layer).__name__})")
+    if left:
+        warnings.warn(
+            f"sparsify leaves these layers with kernels dense: {', '.join(left)}. keras_ast "
+            "masks Conv2D, DepthwiseConv2D and Dense only (exact types); name them in "
+            "dense_layers=[...] to silence this, or rebuild them as one of those types (a "
+            "Conv1D is a Conv2D with a 1-pixel dimension) to prune them.",
+            stacklevel=3,
+        )
+
+
 def sparsify(
     model: keras.Model,
     num_subnets: int,
@@ -130,6 +155,8 @@ def sparsify(
             "0.9 (PyTorch's 0.1).",
             stacklevel=2,
         )
+
+    _warn_dense_kernels(model, prunable_names, prunable is None, set(dense_layers))
 
     def clone(layer):
         config = layer.get_config()

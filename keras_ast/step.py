@@ -16,6 +16,10 @@ gradients with the optimizer. `ast_step` itself reads and writes no variable and
    m_k (``gc_projection="masked"``) or the full h (``"full"``, the paper's Eq. 5).
 4. The new reference is the gradient applied (``gc_reference="corrected"``) or the one before
    correction (``"raw"``).
+
+A step whose gradients are not all finite (`finite` false) changes no mask and no reference
+and adds nothing to the gradient-correction counts; the model skips its optimizer update and
+counts it (``nonfinite_steps``).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class StepResult:
       there is no updater; `updated` says whether they changed.
     refs: the new gradient-correction references, or None without GC.
     flops: FLOPs of the step (float64 scalar).
+    finite: the step's `finite` flag (bool scalar).
     gc_row: float64 [len(model.GC_COLUMNS)] counts of this step (zeros without GC).
     gc_stats: `correction.GCStats` of this step, or None without GC.
     """
@@ -70,9 +75,11 @@ class StepResult:
     flops: object
     gc_row: object
     gc_stats: object
+    finite: object
 
 
-def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, subnet, batch):
+def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, subnet, batch,
+             finite=True):
     """One AST step of sub-net `subnet` on tensors (module docstring, steps 1-4).
 
     Args:
@@ -86,15 +93,17 @@ def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, sub
         read by the updater only.
       refs: the gradient-correction references h (the previous step's gradients).
       step, subnet: int scalars; batch: the (global) batch size.
+      finite: bool scalar, false if any gradient of the step is inf or NaN.
 
     Returns:
       A `StepResult`.
     """
     updater = config.updater
+    finite = ops.convert_to_tensor(finite)
     new_rows, updated = None, ops.convert_to_tensor(False)
     if updater is not None:
         count = len(masks)
-        updated = updater.is_due(step, subnet, window=config.window)
+        updated = ops.logical_and(updater.is_due(step, subnet, window=config.window), finite)
 
         def update():
             new = updater.new_masks(step, subnet, weights, rows, dense)
@@ -114,7 +123,7 @@ def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, sub
     gc_row = ops.zeros((6,), "float64")
     if config.gc != "off" and config.num_subnets > 1:
         refs = [ops.cast(h, g.dtype) for h, g in zip(refs, grads)]
-        enabled = subnet > 0
+        enabled = ops.logical_and(subnet > 0, finite)
         corrected, gc_stats = correction.project(
             grads, refs, config.gc, enabled=enabled,
             masks=masks if config.gc_projection == "masked" else None)
@@ -124,6 +133,7 @@ def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, sub
                                      weight * products, gc_stats.negative, gc_stats.positive,
                                      gc_stats.cosine]), "float64")
         new_refs = corrected if config.gc_reference == "corrected" else grads
+        new_refs = [ops.where(finite, n, h) for n, h in zip(new_refs, refs)]
         grads = corrected
     return StepResult(grads=grads, masks=masks, rows=new_rows, updated=updated, refs=new_refs,
-                      flops=flops, gc_row=gc_row, gc_stats=gc_stats)
+                      flops=flops, gc_row=gc_row, gc_stats=gc_stats, finite=finite)

@@ -40,6 +40,28 @@ def global_kernel_gradients(regularized, kernel_grads, masks, dense, batch):
     return grads, dense, reduced[-1], extras
 
 
+def all_finite(tensors):
+    """Bool scalar: every entry of every tensor is finite; under tf.distribute, on every
+    replica (one all-reduce of a flag), so all replicas take the same branch."""
+    flags = [ops.all(ops.isfinite(t)) for t in tensors]
+    finite = ops.all(ops.stack(flags)) if flags else ops.convert_to_tensor(True)
+    if distribute.replicas_in_sync() > 1:
+        bad = distribute.all_reduce_sum([ops.cast(ops.logical_not(finite), "float32")])[0]
+        finite = bad == 0
+    return finite
+
+
+def snapshot(variables):
+    """The variables' values now, as tensors that later assignments do not change."""
+    return [tf.identity(getattr(v, "value", v)) for v in variables]
+
+
+def inner_optimizer(optimizer):
+    """The optimizer a `keras.optimizers.LossScaleOptimizer` (mixed precision) wraps, else
+    `optimizer` itself."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
 def assign_if(condition, pairs):
     """Assigns each (variable, value) of `pairs` when the scalar bool `condition` holds."""
     def assign():

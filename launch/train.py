@@ -25,6 +25,7 @@ MODELS = ("small_cnn", "wrn32", "resnet18", "resnet20", "resnet50")
 MODES = ("ast", "individual", "joint", "dense")
 AUGMENT = ("auto", "on", "off")
 GC_MODES = ("off", "layerwise", "global")
+GC_REFERENCES = ("corrected", "raw")
 UPDATERS = ("granet", "nested", "rigl", "set", "static")
 DENSITIES = ("uniform", "erk")
 PRUNE_MODES = ("nondisjoint", "subset")
@@ -170,6 +171,7 @@ def check_flags():
         raise FlagError(f"--eval_every must be >= 0, got {FLAGS.eval_every}")
     if not 0.0 <= FLAGS.label_smoothing < 1.0:
         raise FlagError(f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}")
+    check_training_flags(sparsities)
     check_distribution_flags()
     check_updater_flags()
     if FLAGS.mode in ("joint", "dense") and FLAGS["gc"].present and FLAGS.gc != "off":
@@ -180,6 +182,33 @@ def check_flags():
     if FLAGS.nm is not None or FLAGS.nm_counts is not None:
         return [p.sparsity for p in check_nm_flags()]
     return sparsities
+
+
+def check_training_flags(sparsities):
+    """Validates the optimizer, schedule and pruning-time flags against each other."""
+    import math
+
+    def number(name, ok, rule):
+        value = getattr(FLAGS, name)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise FlagError(f"--{name} must be {rule}, got {value}")
+
+    number("lr", lambda v: v > 0, "> 0")
+    number("momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+    number("weight_decay", lambda v: v >= 0, ">= 0")
+    number("warmup_epochs", lambda v: 0 <= v < FLAGS.epochs, f"in [0, --epochs={FLAGS.epochs})")
+    number("prune_start_epoch", lambda v: 0 <= v < FLAGS.epochs,
+           f"in [0, --epochs={FLAGS.epochs})")
+    number("prune_end_epoch", lambda v: FLAGS.prune_start_epoch < v <= FLAGS.epochs,
+           f"in (--prune_start_epoch={FLAGS.prune_start_epoch}, --epochs={FLAGS.epochs}]")
+    number("update_frequency", lambda v: v >= 1, ">= 1")
+    number("adjustment_period", lambda v: v >= 0, ">= 0")
+    number("initial_sparsity", lambda v: 0 <= v <= min(sparsities),
+           f"in [0, the smallest --sparsities value {min(sparsities)}]")
+    number("verbose", lambda v: v in (0, 1, 2), "0, 1 or 2")
+    if FLAGS.gc_reference not in GC_REFERENCES:
+        raise FlagError(f"unknown --gc_reference={FLAGS.gc_reference!r}; use one of "
+                        f"{', '.join(GC_REFERENCES)}")
 
 
 def check_data_flags():

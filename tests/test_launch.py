@@ -133,3 +133,47 @@ def test_flagfiles_parse():
             cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]
     assert keras_ast.__version__
+
+
+# Every training flag with a bad value: FlagError naming it, before anything is built (checked
+# in-process; the subprocess test below shows the one `error:` line and exit status 2).
+BAD_TRAINING_FLAGS = [
+    ("--lr=-1", "--lr must be > 0"),
+    ("--lr=nan", "--lr must be > 0"),
+    ("--momentum=1", "--momentum must be in [0, 1)"),
+    ("--weight_decay=-0.1", "--weight_decay must be >= 0"),
+    ("--warmup_epochs=30", "--warmup_epochs must be in [0, --epochs=30)"),
+    ("--prune_start_epoch=-1", "--prune_start_epoch must be in [0, --epochs=30)"),
+    ("--prune_end_epoch=31", "--prune_end_epoch must be in (--prune_start_epoch=0.0, "
+                             "--epochs=30]"),
+    ("--update_frequency=0", "--update_frequency must be >= 1"),
+    ("--adjustment_period=-2", "--adjustment_period must be >= 0"),
+    ("--initial_sparsity=0.6", "--initial_sparsity must be in [0, the smallest --sparsities "
+                               "value 0.5]"),
+    ("--verbose=3", "--verbose must be 0, 1 or 2"),
+    ("--gc_reference=applied", "unknown --gc_reference='applied'"),
+    ("--prune_mode=random", "unknown --prune_mode='random'"),
+    ("--eval_every=-1", "--eval_every must be >= 0"),
+    ("--batch_size=0", "--batch_size must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("arg, message", BAD_TRAINING_FLAGS)
+def test_every_training_flag_is_checked_up_front(arg, message):
+    from launch import train
+
+    train.FLAGS(["launch.train", arg])
+    try:
+        with pytest.raises(train.FlagError) as caught:
+            train.check_flags()
+        assert message in str(caught.value)
+    finally:
+        train.FLAGS.unparse_flags()
+
+
+def test_bad_lr_prints_one_error_line_and_exits_2(tmp_path):
+    result = _launch("--lr=-1", f"--output_dir={tmp_path}/out", timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert lines == ["error: --lr must be > 0, got -1.0"], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -1,5 +1,7 @@
 """ASTModel: construction errors, forward equivalence, masks after training, saving, XLA."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -204,3 +206,29 @@ def test_jit_compile_true(digits):
         assert abs(model.subnet_sparsity(k) - target) < 1e-3
     results = model.evaluate_subnets(digits.x_test, digits.y_test)
     assert set(results) == {0, 1} and all(np.isfinite(r["loss"]) for r in results.values())
+
+
+def test_sparsify_warns_about_layers_with_kernels_it_leaves_dense():
+    inputs = keras.Input((16, 3))
+    x = keras.layers.Conv1D(4, 3, name="c1d")(inputs)
+    x = keras.layers.Reshape((14, 1, 4))(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="stem")(x)
+    x = keras.layers.SeparableConv2D(4, 3, padding="same", name="sep")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(x))
+    with pytest.warns(UserWarning, match=r"dense: c1d \(Conv1D\), sep \(SeparableConv2D\)\."):
+        keras_ast.sparsify(model, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keras_ast.sparsify(model, 2, dense_layers=["c1d", "sep"])  # named: no warning
+        keras_ast.sparsify(model, 2, prunable=["conv", "fc"])  # chosen: no warning
+
+
+def test_sparse_layers_refuse_lora_and_quantization():
+    model = keras_ast.ASTModel.from_model(tiny_cnn(), [0.5])
+    layer = model.network.get_layer("conv1")
+    with pytest.raises(ValueError, match="'conv1' is sparse.*LoRA"):
+        layer.enable_lora(4)
+    with pytest.raises(ValueError, match="is sparse.*quantiz"):
+        model.network.quantize("int8")
