@@ -340,7 +340,7 @@ def resume_fit(model, source, epochs, backup, callbacks=(), strategy=None, **fit
     start = backup.restore(model)
     total = epochs * steps
     updaters = [c.updater for c in callbacks if isinstance(c, PruneRegrow)]
-    if model.owns_updater:
+    if getattr(model, "owns_updater", False):  # an ASTModel (a dense run has none)
         updaters.append(model.updater)
     for updater in updaters:  # the whole run's length, also for the partial first fit
         if updater.total_steps is None:

@@ -460,7 +460,7 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
                 total[i] = g
         skipped = ops.logical_not(all_finite)
         self.nonfinite_steps.assign_add(ops.cast(skipped, "int64"))
-        tf_engine.assign_if(skipped, list(zip(forward_state, saved_state)))
+        tf_engine.restore_if(skipped, forward_state, saved_state)
         sgd = tf_engine.inner_optimizer(self.optimizer)  # under a LossScaleOptimizer too
         if not isinstance(sgd, SGD):  # no skip mechanism: a zero step (moments still decay)
             total = [None if g is None else ops.where(all_finite, g, ops.zeros_like(g))

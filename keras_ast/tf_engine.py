@@ -62,6 +62,18 @@ def inner_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
+def restore_if(condition, variables, saved):
+    """Puts `saved` (a `snapshot`) back into `variables` when the scalar bool `condition`
+    holds. Under tf.distribute an assignment to an aggregated variable synchronises the
+    replicas, which cannot happen inside a ``cond``: there every variable is assigned
+    ``where(condition, saved, current)`` (one synchronisation per variable and step)."""
+    if not tf.distribute.has_strategy():
+        assign_if(condition, list(zip(variables, saved)))
+        return
+    for variable, value in zip(variables, saved):
+        variable.assign(ops.where(condition, ops.cast(value, variable.dtype), variable.value))
+
+
 def assign_if(condition, pairs):
     """Assigns each (variable, value) of `pairs` when the scalar bool `condition` holds."""
     def assign():
