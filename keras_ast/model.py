@@ -431,8 +431,9 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
                 self, x, y, sample_weight, subnet, variables)
             masks, dense = (list(t) for t in zip(*self._recorded(subnet, records,
                                                                    product_grads)))
+            batch = ops.shape(keras.tree.flatten(x)[0])[0]
             kernel_grads, dense, extras, batch = self._kernel_gradients(
-                [grads[i] for i in kernel_ids], masks, dense, ops.shape(keras.tree.flatten(x)[0])[0])
+                [grads[i] for i in kernel_ids], masks, dense, batch)
             finite = tf_engine.all_finite(
                 [g for i, g in enumerate(grads) if g is not None and i not in kernel_ids]
                 + kernel_grads + dense)

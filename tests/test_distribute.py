@@ -201,6 +201,7 @@ def test_set_synchronized_batchnorm_and_strategy_helpers(monkeypatch):
         distribute.make_strategy("multi_worker")
 
 
+@pytest.mark.slow  # 60-70 s; multi-worker equality is covered by the tests above
 def test_launcher_multi_worker(tmp_path):
     """`launch.train --distribution=multi_worker` on 2 worker processes (TF_CONFIG): both
     finish, only the chief writes the outputs and the run records (both validate every

@@ -61,6 +61,20 @@ class MaskUpdater:
         self.ratio_schedule = None
         self.total_steps_planned = None
 
+    def _set_timing(self, frequency, adjustment_period, begin_step, end_step):
+        """Checks and stores the update timing shared by the scheduled updaters."""
+        if not (isinstance(frequency, int) and frequency >= 1):
+            raise ValueError(f"frequency must be an integer >= 1, got {frequency!r}")
+        if end_step is not None and not end_step > begin_step >= 0:
+            raise ValueError(
+                f"need 0 <= begin_step < end_step, got begin_step={begin_step}, "
+                f"end_step={end_step}"
+            )
+        self.frequency = frequency
+        self.adjustment_period = adjustment_period
+        self.begin_step = int(begin_step)
+        self.end_step = end_step
+
     # ------------------------------------------------------------------------- configuration
     def set_model(self, model):
         """Binds the updater to `model` (an `ASTModel`): its layers, sub-nets and sparsities."""

@@ -63,17 +63,7 @@ class DropAndGrow(MaskUpdater):
         if isinstance(drop_fraction, (int, float)):
             drop_fraction = (float(drop_fraction), float(drop_fraction))
         super().__init__(total_steps=total_steps, seed=seed, verbose=verbose)
-        if not (isinstance(frequency, int) and frequency >= 1):
-            raise ValueError(f"frequency must be an integer >= 1, got {frequency!r}")
-        if end_step is not None and not end_step > begin_step >= 0:
-            raise ValueError(
-                f"need 0 <= begin_step < end_step, got begin_step={begin_step}, "
-                f"end_step={end_step}"
-            )
-        self.frequency = frequency
-        self.adjustment_period = adjustment_period
-        self.begin_step = int(begin_step)
-        self.end_step = end_step
+        self._set_timing(frequency, adjustment_period, begin_step, end_step)
         self.regrow_ratio = drop_fraction
         self.distribution = distribution
         self.budgets = None

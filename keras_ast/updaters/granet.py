@@ -111,19 +111,9 @@ class GraNet(MaskUpdater):
         self.fidelity = check_fidelity(ranking=ranking, regrow_gradient=regrow_gradient,
                                        offset_unit=offset_unit, initial_density=initial_density,
                                        nm_regrowth=nm_regrowth)
-        if not (isinstance(frequency, int) and frequency >= 1):
-            raise ValueError(f"frequency must be an integer >= 1, got {frequency!r}")
+        self._set_timing(frequency, adjustment_period, begin_step, end_step)
         if not 0.0 <= initial_sparsity < 1.0:
             raise ValueError(f"initial_sparsity must be in [0, 1), got {initial_sparsity!r}")
-        if end_step is not None and not end_step > begin_step >= 0:
-            raise ValueError(
-                f"need 0 <= begin_step < end_step, got begin_step={begin_step}, "
-                f"end_step={end_step}"
-            )
-        self.frequency = frequency
-        self.adjustment_period = adjustment_period
-        self.begin_step = int(begin_step)
-        self.end_step = end_step
         self.initial_sparsity = float(initial_sparsity)
         self.mode = mode
         self.regrow_ratio = regrow_ratio
