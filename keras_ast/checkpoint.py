@@ -74,6 +74,15 @@ class CheckpointFiles:
         return self.path(".rng.npz")
 
 
+def _dotted(config, prefix=""):
+    """(dotted key, value) pairs of a nested dict."""
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def _digest(path):
     sha = hashlib.sha256()
     with open(path, "rb") as f:
@@ -121,10 +130,14 @@ class BackupAndRestore(keras.callbacks.Callback):
       save_on_epoch_end: save at the end of every epoch.
       writer: whether this process writes (default: the chief worker; the others only read).
       verbose: 1 prints a line when restoring.
+      config: the run's configuration (a JSON-serialisable dict: every setting that changes
+        the trajectory: seed, schedule, learning rate, updater, gradient correction, ...),
+        stored in every manifest; restoring a checkpoint written under another configuration
+        raises `CheckpointError` naming the settings that differ.
     """
 
     def __init__(self, backup_dir, save_every=None, keep=2, save_on_epoch_end=True,
-                 writer=None, verbose=1):
+                 writer=None, verbose=1, config=None):
         super().__init__()
         if not backup_dir:
             raise ValueError("backup_dir must name a directory")
@@ -138,6 +151,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.save_on_epoch_end = save_on_epoch_end
         self.writer = writer
         self.verbose = verbose
+        self.config = None if config is None else json.loads(json.dumps(config, sort_keys=True))
         self.steps_per_epoch = None
         self.restored_step = None  # set by restore()
         self._step = 0
@@ -183,6 +197,14 @@ class BackupAndRestore(keras.callbacks.Callback):
                 f"checkpoint {files.manifest} was written by a different model or optimizer "
                 "(its variables differ: other model, sparsities, gradient correction or "
                 "optimizer); use the same configuration, or another backup directory")
+        stored = manifest.get("config")
+        if self.config is not None and stored is not None and stored != self.config:
+            old, new = dict(_dotted(stored)), dict(_dotted(self.config))
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise CheckpointError(
+                f"the checkpoints in {self.backup_dir} are from a run with other settings: "
+                + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+                + "; resume with the original settings, or start over in a new backup directory")
         if (self.steps_per_epoch is not None and manifest.get("steps_per_epoch") is not None
                 and manifest["steps_per_epoch"] != self.steps_per_epoch):
             raise CheckpointError(
@@ -266,6 +288,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             "batch": batch,
             "steps_per_epoch": self.steps_per_epoch,
             "fingerprint": fingerprint(model),
+            "config": self.config,
             "files": {"weights": _digest(files.weights), "rng": _digest(files.rng)},
             "time": time.time(),
         })

@@ -139,6 +139,28 @@ def _dense_monitor(flags, chief):
                                         write_graph=False)]
 
 
+# The flags that change what is trained (not where results go, how often they are shown or
+# saved, nor the device layout: a 2-replica run equals a 1-replica one).
+TRAJECTORY_FLAGS = (
+    "dataset", "image_size", "augment", "train_subset", "model", "width_multiplier",
+    "sparsities", "initial_sparsity", "mode", "prune_mode", "updater", "density", "gc",
+    "gc_reference", "preset", "epochs", "batch_size", "lr", "lr_schedule", "warmup_epochs",
+    "momentum", "weight_decay", "label_smoothing", "update_frequency", "adjustment_period",
+    "prune_start_epoch", "prune_end_epoch", "seed", "nm", "nm_counts", "sync_batchnorm",
+)
+
+
+def run_config(flags, training, updater):
+    """The run's configuration stored in every checkpoint manifest: the trajectory flags,
+    the run's training mode and its updater's full config; `--resume` under another one
+    stops (checkpoint.BackupAndRestore)."""
+    config = {name: getattr(flags, name) for name in TRAJECTORY_FLAGS if hasattr(flags, name)}
+    config["training"] = training
+    if updater is not None:
+        config["updater_config"] = updaters.serialize(updater)
+    return config
+
+
 def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
               training="alternating", patterns=None, callbacks=()):
     """Builds and compiles one ASTModel (N:M `patterns` if given; the plain model when
@@ -160,12 +182,13 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
                                     momentum=flags.momentum, l2=flags.weight_decay),
             loss=loss, metrics=["accuracy"], jit_compile=flags.jit_compile,
         )
-    backup = checkpoint.BackupAndRestore(backup_dir, save_every=flags.checkpoint_every,
-                                         keep=flags.keep_checkpoints)
-    if flags.resume and not backup.checkpoints():
-        print(f"--resume: no checkpoint in {backup_dir} yet, starting from step 0")
     prune = ([] if training == "dense"
              else [_prune_callback(flags, len(sparsities), source.steps_per_epoch)])
+    config = run_config(flags, training, prune[0].updater if prune else None)
+    backup = checkpoint.BackupAndRestore(backup_dir, save_every=flags.checkpoint_every,
+                                         keep=flags.keep_checkpoints, config=config)
+    if flags.resume and not backup.checkpoints():
+        print(f"--resume: no checkpoint in {backup_dir} yet, starting from step 0")
     began = time.perf_counter()
     start, _ = checkpoint.resume_fit(
         model, source, flags.epochs, backup, strategy=strategy, verbose=flags.verbose,

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import keras_ast
-from conftest import compile_ast
+from conftest import compile_ast, tiny_cnn
 from keras_ast import atomic, checkpoint
+from keras_ast.checkpoint import CheckpointError
 from keras_ast.data import load_digits_arrays
 from keras_ast.data.stream import in_memory_source
 
@@ -81,11 +82,18 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
     for path in glob.glob(str(tmp_path / "bad" / "backup" / "ckpt-*.weights.h5")):
         Path(path).write_bytes(Path(path).read_bytes()[:1000])
     bad = _launch(tmp_path / "bad", "--resume")
+    # Resuming under other settings (seed, learning rate) stops, naming them.
+    shutil.copytree(tmp_path / "run" / "backup", tmp_path / "other" / "backup")
+    other = _launch(tmp_path / "other", "--resume", "--seed=1", "--lr=0.1")
     # Not resuming over the checkpoints of an unfinished run is an error, not a restart.
     again = _launch(tmp_path / "bad")
     resumed = _launch(tmp_path / "run", "--resume")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 2 and "pass --resume" in err, err[-2000:]
+    _, err = other.communicate(timeout=300)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert other.returncode == 2 and len(errors) == 1, err[-2000:]
+    assert "other settings: lr 0.05 -> 0.1, seed 0 -> 1" in errors[0], errors[0]
     _, err = bad.communicate(timeout=300)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert bad.returncode == 2 and len(errors) == 1, err[-2000:]
@@ -281,3 +289,18 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     assert not np.array_equal(full[0][1], full[6][1])  # epochs are reshuffled
     other = batches(in_memory_source(arrays, 16, seed=5).epochs(0, 1))
     assert not np.array_equal(full[0][1], other[0][1])  # and depend on the seed
+
+
+def test_restore_refuses_a_checkpoint_of_other_settings(tmp_path, digits_batches):
+    """The manifest keeps the run's configuration; restoring under another one raises,
+    naming each differing (dotted) setting; the same one restores."""
+    x, y = digits_batches
+    model = compile_ast(keras_ast.ASTModel.from_model(tiny_cnn(), [0.5]))
+    model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
+    config = {"seed": 0, "lr": 0.05, "updater": {"name": "granet", "config": {"seed": 0}}}
+    keras_ast.BackupAndRestore(tmp_path, config=config).save(model)
+    other = {"seed": 1, "lr": 0.05, "updater": {"name": "granet", "config": {"seed": 1}}}
+    with pytest.raises(CheckpointError, match=r"other settings: seed 0 -> 1, "
+                                              r"updater\.config\.seed 0 -> 1; resume"):
+        keras_ast.BackupAndRestore(tmp_path, config=other, verbose=0).restore(model)
+    assert keras_ast.BackupAndRestore(tmp_path, config=config, verbose=0).restore(model) == 2
