@@ -48,8 +48,7 @@ from keras_ast.subnet_metrics import SubnetMetrics
 TRAINING_MODES = ("alternating", "joint")
 INACTIVE_BN = ("frozen", "zero_grad")
 GC_PROJECTIONS = ("masked", "full")
-# Columns of `ASTModel.gc_statistics` (row i: the steps of sub-net i, corrected against i - 1).
-GC_COLUMNS = ("steps", "corrected_steps", "products", "negative", "positive", "cosine_sum")
+GC_COLUMNS = step_lib.GC_COLUMNS  # columns of `ASTModel.gc_statistics`
 
 
 def check_fidelity(inactive_bn, gc_projection):

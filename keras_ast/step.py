@@ -30,6 +30,9 @@ from keras import ops
 
 from keras_ast import correction, cost
 
+# Columns of a step's gradient-correction counts (`StepResult.gc_row`) and of
+# `ASTModel.gc_statistics` (row i: the steps of sub-net i, corrected against i - 1).
+GC_COLUMNS = ("steps", "corrected_steps", "products", "negative", "positive", "cosine_sum")
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
@@ -63,7 +66,7 @@ class StepResult:
     refs: the new gradient-correction references, or None without GC.
     flops: FLOPs of the step (float64 scalar).
     finite: the step's `finite` flag (bool scalar).
-    gc_row: float64 [len(model.GC_COLUMNS)] counts of this step (zeros without GC).
+    gc_row: float64 [len(GC_COLUMNS)] counts of this step (zeros without GC).
     gc_stats: `correction.GCStats` of this step, or None without GC.
     """
 
@@ -120,7 +123,7 @@ def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, sub
     flops = cost.step_flops(ops.cast(batch, "float64"), float(config.dense_macs),
                             [float(m) for m in config.sparse_macs], densities)
     new_refs, gc_stats = None, None
-    gc_row = ops.zeros((6,), "float64")
+    gc_row = ops.zeros((len(GC_COLUMNS),), "float64")
     if config.gc != "off" and config.num_subnets > 1:
         refs = [ops.cast(h, g.dtype) for h, g in zip(refs, grads)]
         enabled = ops.logical_and(subnet > 0, finite)
