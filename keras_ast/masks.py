@@ -105,17 +105,45 @@ def _masked_scores(values, mask, fill):
     return ops.where(mask > 0.5, values, ops.full_like(values, fill))
 
 
-def global_magnitude_prune(weights, masks, density):
+def layer_floors(sizes, min_density):
+    """The fewest entries each layer keeps under global ranking: ``max(1, ceil(min_density *
+    size))`` per layer (`min_density` > 0), or None (no floor) for 0."""
+    if min_density <= 0.0:
+        return None
+    return [max(1, math.ceil(min_density * size)) for size in sizes]
+
+
+def _reserve(scores, floors):
+    """Per layer, the `floors[i]` highest-scoring entries with a score >= 0 (fewer when the
+    layer has fewer), as a list of 0/1 masks."""
+    reserved = []
+    for s, floor in zip(scores, floors):
+        available = ops.sum(ops.cast(s >= 0.0, "int32"))
+        reserved.append(top_count(s, ops.minimum(floor, available)))
+    return reserved
+
+
+def global_magnitude_prune(weights, masks, density, floors=None):
     """Keeps the round(density * N) largest-|w| active entries over all kernels together.
 
     Only entries active in `masks` can be kept (pruning never regrows), so the result keeps
     ``min(round(density * N), active)`` entries; N is the total size of all kernels. Returns
     the new list of masks. Layer-wise densities come out different, as in GraNet.
+
+    `floors` (one int per kernel, see `layer_floors`): kernel i keeps at least
+    ``min(floors[i], its active entries)`` (its largest |w|) even if they rank below the
+    global cut, so no layer is emptied; the total is unchanged (the caller checks that the
+    floors fit in it).
     """
-    scores = _flat([_masked_scores(ops.abs(w), m, -1.0) for w, m in zip(weights, masks)])
+    scores = [_masked_scores(ops.abs(w), m, -1.0) for w, m in zip(weights, masks)]
+    if floors is not None:
+        reserved = _reserve(scores, floors)
+        scores = [ops.where(r > 0.5, ops.full_like(s, float("inf")), s)
+                  for s, r in zip(scores, reserved)]
+    flat = _flat(scores)
     active = ops.cast(ops.sum(_flat(masks)), "int32")
-    keep = ops.minimum(count_to_keep(density, scores.shape[0]), active)
-    return _unflat(top_count(scores, keep), masks)
+    keep = ops.minimum(count_to_keep(density, flat.shape[0]), active)
+    return _unflat(top_count(flat, keep), masks)
 
 
 def death_regrow(weight, mask, gradient, ratio):
@@ -132,21 +160,25 @@ def death_regrow(weight, mask, gradient, ratio):
     return survivors + grown
 
 
-def nest_within(weights, children, parents):
+def nest_within(weights, children, parents, floors=None):
     """Makes `children` a subset of `parents` while keeping its total count.
 
     Entries of the child inside the parent stay; lost ones are replaced by the largest-|w|
     parent entries not yet in the child (globally over all kernels). An already nested child
-    is returned unchanged.
+    is returned unchanged. `floors` (see `global_magnitude_prune`): kernel i of the child keeps
+    at least ``min(floors[i], parent's entries in kernel i)`` entries.
     """
-    inf = float("inf")
-    scores = _flat([
-        ops.where(c * p > 0.5, ops.full_like(w, inf), _masked_scores(ops.abs(w), p, -1.0))
-        for w, c, p in zip(weights, children, parents)
-    ])
+    # Priority: reserved (floors) > child and parent > parent by |w| > outside the parent.
+    big = 3.0e38
+    scores = [ops.where(c * p > 0.5, ops.full_like(w, big), _masked_scores(ops.abs(w), p, -1.0))
+              for w, c, p in zip(weights, children, parents)]
+    if floors is not None:
+        reserved = _reserve(scores, floors)
+        scores = [ops.where(r > 0.5, ops.full_like(s, float("inf")), s)
+                  for s, r in zip(scores, reserved)]
     count = ops.minimum(ops.cast(ops.sum(_flat(children)), "int32"),
                         ops.cast(ops.sum(_flat(parents)), "int32"))
-    return _unflat(top_count(scores, count), children)
+    return _unflat(top_count(_flat(scores), count), children)
 
 
 def random_mask(shape, density, seed, dtype="float32"):

@@ -114,3 +114,40 @@ def test_nest_within_keeps_count_and_inside_entries():
 def test_random_mask_exact_density():
     m = np_(masks.random_mask((10, 10), 0.37, seed=3))
     assert m.sum() == 37
+
+
+def test_layer_floors():
+    assert masks.layer_floors([1000, 50, 3], 0.005) == [5, 1, 1]
+    assert masks.layer_floors([1000, 50], 0.0) is None
+
+
+def test_global_magnitude_prune_floors_keep_a_layer_it_would_empty():
+    big = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], dtype="float32")
+    small = np.array([0.01, -0.03, 0.02, 0.0], dtype="float32")  # all below every |big|
+    ones = [np.ones(6, "float32"), np.ones(4, "float32")]
+    # density 0.3 of 10 -> keep 3: without a floor the small layer is emptied
+    a, b = masks.global_magnitude_prune([big, small], ones, 0.3)
+    np.testing.assert_array_equal(np_(b), [0, 0, 0, 0])
+    # floors [1, 2]: the small layer keeps its 2 largest |w| (0.03, 0.02); the total stays 3
+    a, b = masks.global_magnitude_prune([big, small], ones, 0.3, floors=[1, 2])
+    np.testing.assert_array_equal(np_(b), [0, 1, 1, 0])
+    np.testing.assert_array_equal(np_(a), [1, 0, 0, 0, 0, 0])
+    # a floor larger than a layer's active entries keeps those only (never regrows)
+    a, b = masks.global_magnitude_prune(
+        [big, small], [np.ones(6, "float32"), np.array([0, 0, 0, 1], "float32")], 0.3,
+        floors=[1, 3])
+    np.testing.assert_array_equal(np_(b), [0, 0, 0, 1])
+    assert np_(a).sum() == 2
+
+
+def test_nest_within_floors_keep_a_child_layer_non_empty():
+    w1 = np.array([0.9, 0.8, 0.7], dtype="float32")
+    w2 = np.array([0.01, 0.02, 0.03], dtype="float32")
+    parent1, parent2 = np.ones(3, "float32"), np.array([1, 1, 0], "float32")
+    child1 = np.array([1, 1, 0], "float32")
+    child2 = np.array([0, 0, 1], "float32")  # its only entry is outside the parent
+    n1, n2 = masks.nest_within([w1, w2], [child1, child2], [parent1, parent2])
+    np.testing.assert_array_equal(np_(n2), [0, 0, 0])  # replaced by 0.7 of the first layer
+    n1, n2 = masks.nest_within([w1, w2], [child1, child2], [parent1, parent2], floors=[1, 1])
+    np.testing.assert_array_equal(np_(n2), [0, 1, 0])  # the largest parent entry of layer 2
+    np.testing.assert_array_equal(np_(n1), [1, 1, 0])

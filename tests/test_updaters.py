@@ -353,6 +353,49 @@ def test_granet_is_prune_regrow_bit_for_bit(digits_batches):
         np.testing.assert_array_equal(a, b)
 
 
+# --------------------------------------------------------------------- emptied layers
+@pytest.mark.parametrize("mode", ["nondisjoint", "subset"])
+def test_granet_never_empties_a_layer_under_global_ranking(mode):
+    """The classifier's weights are scaled far below the convs': global magnitude ranking at
+    97 % would drop all of them (min_layer_density=0); the default floor keeps
+    max(1, ceil(0.5 % of 160)) = 1 with the total unchanged; a bigger floor keeps more."""
+    results = {}
+    for floor in (0.0, 0.005, 0.02):
+        keras.utils.set_random_seed(1234)
+        model, updater = _configured(
+            updaters.GraNet(frequency=10, adjustment_period=2, end_step=1, mode=mode,
+                            min_layer_density=floor), [0.9, 0.97])
+        classifier = model.get_layer("classifier")
+        classifier.shared_kernel.assign(classifier.shared_kernel * 1e-4)
+        grads = [ops.ones_like(layer.shared_kernel) for layer in model.sparse_layers]
+        for k in range(2):
+            updater.update(model, 15, k, grads)  # update j=1: the final sparsity
+        counts = {k: {n: int(m.sum()) for n, m in model.masks(k).items()} for k in range(2)}
+        for k, sparsity in enumerate([0.9, 0.97]):
+            assert sum(counts[k].values()) == round((1 - sparsity) * TOTAL)
+        results[floor] = counts
+    assert results[0.0][1]["classifier"] == 0
+    assert results[0.005][1]["classifier"] == 1
+    assert results[0.02][1]["classifier"] == 4  # ceil(0.02 * 160)
+    assert all(c >= math.ceil(0.02 * SIZES[n]) for n, c in results[0.02][1].items())
+
+
+def test_floors_that_do_not_fit_the_sparsest_subnet_are_refused():
+    with pytest.raises(keras_ast.ScheduleError,
+                       match=r"min_layer_density=0.5 keeps at least 1808 weights over 3 layers, "
+                             r"more than the 362 of the sparsest sub-net \(0.9\)"):
+        _configured(updaters.GraNet(min_layer_density=0.5), [0.5, 0.9])
+    with pytest.raises(ValueError, match=r"min_layer_density must be in \[0, 1\)"):
+        updaters.GraNet(min_layer_density=1.0)
+
+
+def test_drop_and_grow_refuses_a_distribution_that_empties_a_layer():
+    with pytest.raises(keras_ast.ScheduleError,
+                       match="sub-net 0 .0.5. would have no weight at all in layer.s. classifier"):
+        _configured(updaters.RigL(distribution={"conv1": 0.5, "conv2": 0.5,
+                                                "classifier": 0.001}), [0.5])
+
+
 # ------------------------------------------------------------------------------ registry
 def test_registry_names_and_errors():
     assert type(updaters.get("granet")) is updaters.GraNet

@@ -110,6 +110,14 @@ class DropAndGrow(MaskUpdater):
             layer_densities(model.sparse_layers, s, self.subnet_distribution(k, K))
             for k, s in enumerate(model.sparsities)
         ]
+        for k, budget in enumerate(self.budgets):
+            empty = [name for name, b in budget.items() if b.count == 0]
+            if empty:  # a layer with no weight disconnects the network
+                raise ValueError(
+                    f"sub-net {k} ({model.sparsities[k]}) would have no weight at all in "
+                    f"layer(s) {', '.join(empty)}; use distribution='erk', a lower sparsity, "
+                    "or a dict with a larger density for them"
+                )
 
     def get_config(self):
         distribution = self.distribution
@@ -257,6 +265,14 @@ class Static(DropAndGrow):
             layer_densities(model.sparse_layers, s, self.subnet_distribution(k, K))
             for k, s in enumerate(model.sparsities)
         ]
+        for k, budget in enumerate(self.budgets):
+            empty = [name for name, b in budget.items() if b.count == 0]
+            if empty:  # a layer with no weight disconnects the network
+                raise ValueError(
+                    f"sub-net {k} ({model.sparsities[k]}) would have no weight at all in "
+                    f"layer(s) {', '.join(empty)}; use distribution='erk', a lower sparsity, "
+                    "or a dict with a larger density for them"
+                )
 
     def planned_steps(self, params):  # fixed masks: the run's length does not matter
         steps, epochs = params.get("steps"), params.get("epochs")

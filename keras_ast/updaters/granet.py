@@ -19,6 +19,11 @@ Each update of sub-net k:
      cosine from 0.5 to 0.005 over the run. A regrown weight keeps its current shared value
      (it may be in use, and trained, by another sub-net); nothing is zeroed.
 
+No layer is emptied: global ranking at high sparsity can rank every weight of a layer below the
+cut, which disconnects the network. Each layer keeps at least ``max(1, ceil(min_layer_density
+* size))`` of its largest-|W| weights (default 0.5 %, `masks.layer_floors`) inside the same
+total count; ``min_layer_density=0`` turns the floor off.
+
 Modes: ``nondisjoint`` (default): every sub-net prunes and regrows on its own.
 ``subset``: sparser masks are subsets of the next denser one. Sub-net 0 does A and B; sub-net
 k > 0 keeps the round((1 - s_k) N) largest-|W| weights of sub-net k-1's mask (no regrowth of its
@@ -93,6 +98,9 @@ class GraNet(MaskUpdater):
         later).
       initial_density: with `initial_sparsity` > 0, each layer starts at that sparsity
         ("uniform", default) or with ERK layer densities ("erk", the authors' code's default).
+      min_layer_density: the floor of the module docstring: every layer keeps at least
+        ``max(1, ceil(min_layer_density * size))`` weights under global ranking (0: no floor,
+        a layer may be emptied). Refused if the floors do not fit in the sparsest sub-net.
       nm_regrowth: N:M sub-nets: "element" (default: N:M-sparse groups chosen over all
         kernels, death/regrowth of entries inside them) or "group" (the paper's section 4.3:
         each layer's round(f G_l) groups with the smallest summed |W| are N:M-sparse, each
@@ -104,7 +112,8 @@ class GraNet(MaskUpdater):
     def __init__(self, frequency=1000, adjustment_period=100, begin_step=0, end_step=None,
                  initial_sparsity=0.0, mode="nondisjoint", regrow_ratio=(0.5, 0.005),
                  total_steps=None, seed=0, verbose=0, ranking="active", regrow_gradient="dense",
-                 offset_unit="global", initial_density="uniform", nm_regrowth="element"):
+                 offset_unit="global", initial_density="uniform", nm_regrowth="element",
+                 min_layer_density=0.005):
         super().__init__(total_steps=total_steps, seed=seed, verbose=verbose)
         if mode not in MODES:
             raise ValueError(f"unknown prune-regrow mode {mode!r}; use one of {MODES}")
@@ -115,6 +124,10 @@ class GraNet(MaskUpdater):
         if not 0.0 <= initial_sparsity < 1.0:
             raise ValueError(f"initial_sparsity must be in [0, 1), got {initial_sparsity!r}")
         self.initial_sparsity = float(initial_sparsity)
+        if not 0.0 <= min_layer_density < 1.0:
+            raise ValueError(f"min_layer_density must be in [0, 1), got {min_layer_density!r}")
+        self.min_layer_density = float(min_layer_density)
+        self.floors = None
         self.mode = mode
         self.regrow_ratio = regrow_ratio
 
@@ -141,6 +154,7 @@ class GraNet(MaskUpdater):
                 f"{model.sparsities[0]}"
             )
         self.ratio_schedule = as_ratio_schedule(self.regrow_ratio, total_steps)
+        self._configure_floors()
         K = model.num_subnets
         for k, schedule in enumerate(self.schedules):
             # The update is carried out at the first step >= T where sub-net k is active.
@@ -153,6 +167,20 @@ class GraNet(MaskUpdater):
                     f"lower end_step ({end_step}), frequency ({self.frequency}) or "
                     f"adjustment_period ({self.adjustment_period}), or train longer"
                 )
+
+    def _configure_floors(self):
+        """Per-layer floors (`masks.layer_floors`), checked against the sparsest sub-net."""
+        sizes = [int(np.prod(layer.shared_kernel.shape)) for layer in self.model.sparse_layers]
+        self.floors = mask_lib.layer_floors(sizes, self.min_layer_density)
+        if self.floors is None or self.model.nm_patterns is not None:
+            return
+        keep = round((1.0 - max(self.model.sparsities)) * sum(sizes))
+        if sum(self.floors) > keep:
+            raise ValueError(
+                f"min_layer_density={self.min_layer_density} keeps at least {sum(self.floors)} "
+                f"weights over {len(sizes)} layers, more than the {keep} of the sparsest sub-net "
+                f"({max(self.model.sparsities)}); lower min_layer_density (0 turns it off)"
+            )
 
     def _check_nm_settings(self):
         patterns = ", ".join(map(str, self.model.nm_patterns))
@@ -180,6 +208,7 @@ class GraNet(MaskUpdater):
             "total_steps": self.total_steps,
             "seed": self.seed,
             "verbose": self.verbose,
+            "min_layer_density": self.min_layer_density,
             **self.fidelity,
         }
 
@@ -194,10 +223,12 @@ class GraNet(MaskUpdater):
         counts = None
         if self.fidelity["initial_density"] == "erk":
             counts = layer_densities(self.model.sparse_layers, self.initial_sparsity, "erk")
-        for layer in self.model.sparse_layers:
+        for i, layer in enumerate(self.model.sparse_layers):
             shape = tuple(layer.shared_kernel.shape)
             size = int(np.prod(shape))
             keep = int(round(density * size)) if counts is None else counts[layer.name].count
+            if self.floors is not None:  # never start a layer empty
+                keep = max(keep, min(self.floors[i], size))
             rows = []
             for k in range(K):
                 if k == 0 or self.mode == "nondisjoint":
@@ -239,7 +270,7 @@ class GraNet(MaskUpdater):
         if self.mode == "subset":
             for j in range(1, K):
                 nested = mask_lib.nest_within(
-                    weights, [r[j] for r in rows], [r[j - 1] for r in rows]
+                    weights, [r[j] for r in rows], [r[j - 1] for r in rows], self.floors
                 )
                 for i in range(len(weights)):
                     rows[i][j] = ops.where(subnet < j, nested[i], rows[i][j])
@@ -252,11 +283,11 @@ class GraNet(MaskUpdater):
         ranked = current
         if self.fidelity["ranking"] == "all":
             ranked = [ops.ones_like(m) for m in current]
-        pruned = mask_lib.global_magnitude_prune(weights, ranked, density)
+        pruned = mask_lib.global_magnitude_prune(weights, ranked, density, self.floors)
         new = [mask_lib.death_regrow(w, m, g, ratio) for w, m, g in zip(weights, pruned, grads)]
         if self.mode == "subset" and len(rows[0]) > 1:
             parent = [ops.take(ops.stack(r), ops.maximum(subnet - 1, 0), axis=0) for r in rows]
-            within = mask_lib.global_magnitude_prune(weights, parent, density)
+            within = mask_lib.global_magnitude_prune(weights, parent, density, self.floors)
             new = [ops.where(subnet > 0, b, a) for a, b in zip(new, within)]
         return new
 
