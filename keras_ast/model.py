@@ -31,6 +31,7 @@ global batch's gradient on every replica, and step 4 applies them without a seco
 from __future__ import annotations
 
 import contextlib
+import warnings
 import math
 
 import keras
@@ -192,6 +193,12 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         )
         self._sparse_macs = [cost.layer_macs(layer) for layer in self.sparse_layers]
         self._dense_macs = cost.model_macs(network) - sum(self._sparse_macs)
+        uncounted = cost.uncounted_layers(network)
+        if uncounted:
+            warnings.warn(
+                "training FLOPs (ASTModel.training_flops) leave out the multiply-accumulates of "
+                f"{', '.join(uncounted)}: keras_ast/cost.py counts convolutions, Dense and "
+                "EinsumDense layers only", stacklevel=2)
         self.gc_conflict_tracker = keras.metrics.Mean(name="gc_conflict")
         self.gc_cosine_tracker = keras.metrics.Mean(name="gc_cosine")
         # Gradient-correction counts since training began, one row per sub-net (GC_COLUMNS).

@@ -10,7 +10,8 @@ gradients with the optimizer. `ast_step` itself reads and writes no variable and
 1. If sub-net k's mask update is due, the updater prunes and regrows its masks from the shared
    weights and the dense gradients dL/d(W*m_k), and the kernel gradients are re-masked with
    the new m_k (``dense * m_k``, plus a kernel regularizer's own term).
-2. FLOPs of the step, from the masks actually used (docs/design.md section 8).
+2. FLOPs of the step, from the masks its forward and backward pass used, with the kernel
+   gradient over every entry when the update regrows by the dense gradient (keras_ast/cost.py).
 3. Gradient correction against the previous sub-net's gradient h (all but the first sub-net
    of each group of K steps): if g.h < 0, ``g <- g - (g.h / ||h||^2) h`` with h restricted to
    m_k (``gc_projection="masked"``) or the full h (``"full"``, the paper's Eq. 5).
@@ -104,6 +105,7 @@ def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, sub
     updater = config.updater
     finite = ops.convert_to_tensor(finite)
     new_rows, updated = None, ops.convert_to_tensor(False)
+    densities = [ops.cast(ops.mean(m), "float64") for m in masks]  # the masks the pass used
     if updater is not None:
         count = len(masks)
         updated = ops.logical_and(updater.is_due(step, subnet, window=config.window), finite)
@@ -119,9 +121,11 @@ def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, sub
         new_rows = list(outputs[:count])
         masks = list(outputs[count:2 * count])
         grads = list(outputs[2 * count:])
-    densities = [ops.cast(ops.mean(m), "float64") for m in masks]
+    dense_backward = False
+    if updater is not None and updater.needs_dense_gradient:
+        dense_backward = updated
     flops = cost.step_flops(ops.cast(batch, "float64"), float(config.dense_macs),
-                            [float(m) for m in config.sparse_macs], densities)
+                            [float(m) for m in config.sparse_macs], densities, dense_backward)
     new_refs, gc_stats = None, None
     gc_row = ops.zeros((len(GC_COLUMNS),), "float64")
     if config.gc != "off" and config.num_subnets > 1:

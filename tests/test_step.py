@@ -48,6 +48,37 @@ def test_gradient_correction_by_hand():
     assert _call(_config(gc="off"), 1, g, h, m).refs is None
 
 
+class _DueUpdater:
+    """A test double: an update is due at every step; it empties sub-net 1's mask."""
+
+    def __init__(self, needs_dense_gradient):
+        self.needs_dense_gradient = needs_dense_gradient
+
+    def is_due(self, step, subnet, window):
+        return tf.constant(True)
+
+    def new_masks(self, step, subnet, weights, rows, dense_grads):
+        return [tf.stack([r[0], tf.zeros_like(r[1])]) for r in rows]
+
+
+def test_flops_of_a_mask_update_step_count_the_dense_kernel_gradient():
+    """Per example, an ordinary step costs 3 x 2 x (10 + 4 d) FLOPs; a step whose update reads
+    the dense gradient computes the kernel gradient over all 4 MACs of the pruned layer:
+    2 x (3 x (10 + 4 d) + 4 (1 - d)), with d the density of the masks the pass used (2/3),
+    not of the new masks (0)."""
+    g, h, m = [1.0, -1.0, 0.0], [-1.0, 0.0, 5.0], [1.0, 1.0, 0.0]
+    used = 10 + 4 * 2 / 3
+    dense = _call(_config(updater=_DueUpdater(True)), 1, g, h, m)
+    assert bool(dense.updated)
+    np.testing.assert_array_equal(dense.masks[0], [0, 0, 0])
+    np.testing.assert_allclose(float(dense.flops), 8 * 2 * (3 * used + 4 * (1 - 2 / 3)))
+    masked = _call(_config(updater=_DueUpdater(False)), 1, g, h, m)
+    np.testing.assert_allclose(float(masked.flops), 8 * 2 * 3 * used)
+    assert updaters.GraNet().needs_dense_gradient and updaters.RigL().needs_dense_gradient
+    assert not updaters.GraNet(regrow_gradient="masked").needs_dense_gradient
+    assert not updaters.SET().needs_dense_gradient and not updaters.Static().needs_dense_gradient
+
+
 def test_ast_step_touches_no_variable():
     """ast_step under a tf.function creates and writes no variable (the model assigns)."""
     traced = tf.function(lambda: _call(_config(), 1, [1.0, -1.0], [-1.0, 0.0], [1.0, 1.0]).grads)

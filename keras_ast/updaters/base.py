@@ -51,6 +51,9 @@ class MaskUpdater:
     """
 
     name = None  # the registry name
+    # Whether an update reads the dense gradient dL/d(W*m) of every entry: a step that makes
+    # one then costs a dense kernel-gradient product (keras_ast/cost.py).
+    needs_dense_gradient = True
 
     def __init__(self, total_steps=None, seed=0, verbose=0):
         self.total_steps = total_steps

@@ -208,6 +208,7 @@ class SET(DropAndGrow):
     """SET (Mocanu et al. 2018): drop the smallest |W|, grow uniformly at random."""
 
     name = "set"
+    needs_dense_gradient = False  # random growth
 
     def drop_scores(self, weight, mask, gradient, step, layer_index):
         return ops.abs(weight)
@@ -248,6 +249,7 @@ class Static(DropAndGrow):
     """Static sparse training: the initial masks from the distribution, never updated."""
 
     name = "static"
+    needs_dense_gradient = False  # never updates
 
     def __init__(self, distribution="uniform", seed=0, verbose=0, total_steps=None):
         super().__init__(distribution=distribution, drop_fraction=0.0, total_steps=total_steps,

@@ -131,6 +131,11 @@ class GraNet(MaskUpdater):
         self.mode = mode
         self.regrow_ratio = regrow_ratio
 
+    @property
+    def needs_dense_gradient(self):
+        """Regrowth by the dense gradient needs it; by the masked one (the authors' code) not."""
+        return self.fidelity["regrow_gradient"] == "dense"
+
     # ------------------------------------------------------------------------- configuration
     def _configure(self, total_steps):
         model = self.model
