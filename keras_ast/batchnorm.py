@@ -16,13 +16,14 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from keras_ast import compat
 from keras_ast.layers import SwitchableBatchNormalization
 
 
 def _batchnorm_layers(model):
     import keras
 
-    layers = model.network._flatten_layers(include_self=False)
+    layers = compat.flatten_layers(model.network)
     switchable, shared = [], []
     for layer in layers:
         if isinstance(layer, SwitchableBatchNormalization):

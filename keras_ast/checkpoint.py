@@ -39,7 +39,7 @@ import time
 import keras
 import numpy as np
 
-from keras_ast import distribute
+from keras_ast import compat, distribute
 from keras_ast.atomic import TEMPORARY_PREFIX, atomic_output, remove, write_json
 
 LOGGER = logging.getLogger("keras_ast")
@@ -316,7 +316,7 @@ class BackupAndRestore(keras.callbacks.Callback):
                         f"the newest checkpoint in {self.backup_dir} is from the middle of an "
                         f"epoch (step {step}); continue it with keras_ast.checkpoint.resume_fit, "
                         "which also restores the data order")
-                self.model._initial_epoch = epoch
+                compat.set_initial_epoch(self.model, epoch)
         self._step = training_step(self.model)
         self._epoch_start = self._step
 
@@ -332,7 +332,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             self.save()
 
     def on_train_end(self, logs=None):
-        self.model._initial_epoch = None
+        compat.set_initial_epoch(self.model, None)
 
 
 class _StopAfterEpoch(keras.callbacks.Callback):

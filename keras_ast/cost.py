@@ -1,4 +1,4 @@
-"""Training cost in FLOPs (docs/design.md section 8; the formula in docs/training_cost.md).
+"""Training cost in FLOPs (docs/design.md section 8; docs/benchmarks.md, "Training cost").
 
 One training example through a layer costs three matrix products of MACs_l each: the forward
 pass, the gradient with respect to the layer's input, and the gradient with respect to its
@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 
 import keras
+
+from keras_ast import compat
 
 FORWARD_BACKWARD = 3
 FLOPS_PER_MAC = 2
@@ -87,8 +89,7 @@ def _kernel(layer):
 
     if isinstance(layer, MaskedKernelMixin):
         return layer.shared_kernel
-    kernel = getattr(layer, "_kernel", None)
-    return layer.kernel if kernel is None else kernel
+    return compat.raw_kernel(layer)
 
 
 def _top_layers(model):

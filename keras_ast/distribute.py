@@ -26,6 +26,8 @@ import threading
 
 import tensorflow as tf
 
+from keras_ast import compat
+
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 
 
@@ -52,23 +54,23 @@ _APPLYING = threading.local()  # per thread: MirroredStrategy runs each replica 
 
 def _install_bypass(optimizer):
     """Wraps the optimizer's gradient all-reduce so that it can be skipped per thread."""
-    if not hasattr(optimizer, "_all_reduce_sum_gradients"):
+    reduce = compat.gradient_all_reduce(optimizer)
+    if reduce is None:
         raise RuntimeError(
-            f"{type(optimizer).__name__} has no _all_reduce_sum_gradients: this Keras version "
-            "reduces gradients differently; keras_ast supports tf.distribute with the "
-            "TensorFlow backend of Keras 3.x"
+            f"{type(optimizer).__name__} has no gradient all-reduce keras_ast can bypass: this "
+            "Keras version reduces gradients differently; keras_ast supports tf.distribute "
+            "with the TensorFlow backend of Keras 3.x"
         )
     if getattr(optimizer, "_keras_ast_bypass", False):
         return
-    reduce = optimizer._all_reduce_sum_gradients
 
     def all_reduce_sum_gradients(grads_and_vars):
         if getattr(_APPLYING, "reduced", False):
             return list(grads_and_vars)
         return reduce(grads_and_vars)
 
+    compat.set_gradient_all_reduce(optimizer, all_reduce_sum_gradients)
     # object.__setattr__: not an attribute that Keras or tf.Module should track.
-    object.__setattr__(optimizer, "_all_reduce_sum_gradients", all_reduce_sum_gradients)
     object.__setattr__(optimizer, "_keras_ast_bypass", True)
 
 
@@ -101,7 +103,7 @@ def multi_worker(strategy=None) -> bool:
     """True under a MultiWorkerMirroredStrategy whose cluster has more than one worker."""
     strategy = strategy or tf.distribute.get_strategy()
     return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
+            and compat.in_multi_worker_mode(strategy))
 
 
 def step_logs(logs):
@@ -139,7 +141,7 @@ def set_synchronized_batchnorm(model, synchronized=True) -> int:
     import keras
 
     count = 0
-    for layer in model._flatten_layers(include_self=False):
+    for layer in compat.flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = bool(synchronized)
             count += 1
@@ -162,7 +164,7 @@ def make_strategy(distribution="none", devices=None):
         config = os.environ.get("TF_CONFIG")
         if not config:
             raise ValueError("distribution 'multi_worker' needs the TF_CONFIG environment "
-                             "variable (cluster and task), see the README")
+                             "variable (cluster and task), see docs/distributed.md")
         try:
             json.loads(config)
         except ValueError as error:

@@ -23,6 +23,8 @@ import threading
 import keras
 from keras import ops
 
+from keras_ast import compat
+
 _RECORDS = threading.local()  # per thread: tf.distribute runs replicas in separate threads
 
 
@@ -93,7 +95,7 @@ class MaskedKernelMixin(SubnetLayerMixin):
     """K binary masks over one kernel; the kernel seen by ``call`` is ``kernel * mask[k]``."""
 
     # Name of the attribute holding the kernel variable in the Keras base class.
-    _kernel_attr = "_kernel"
+    _kernel_attr = compat.KERNEL_ATTRIBUTE
 
     def build(self, input_shape):
         super().build(input_shape)

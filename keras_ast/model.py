@@ -37,7 +37,7 @@ import math
 import keras
 from keras import ops
 
-from keras_ast import correction, cost, distribute, tf_engine, updaters
+from keras_ast import compat, correction, cost, distribute, tf_engine, updaters
 from keras_ast import step as step_lib
 from keras_ast import layers as ast_layers
 from keras_ast import nm as nm_lib
@@ -138,7 +138,7 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         self.gc_reference = gc_reference
         self.network = network
         subnet_layers = [
-            layer for layer in network._flatten_layers(include_self=False)
+            layer for layer in compat.flatten_layers(network)
             if isinstance(layer, ast_layers.SubnetLayerMixin)
         ]
         self.sparse_layers = [
@@ -249,7 +249,7 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
     def per_subnet_variables(self):
         """Trainable variables with one row per sub-net (the private BN copies)."""
         return [
-            v for layer in self.network._flatten_layers(include_self=False)
+            v for layer in compat.flatten_layers(self.network)
             if isinstance(layer, ast_layers.SwitchableBatchNormalization)
             for v in layer.trainable_variables
         ]
@@ -397,7 +397,7 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         finite = ops.isfinite(loss)
         tracked = ops.where(finite, loss * replicas, ops.zeros_like(loss))
         weight = ops.cast(batch, "float32") * ops.cast(finite, "float32")
-        self._loss_tracker.update_state(tracked, sample_weight=weight)
+        compat.loss_tracker(self).update_state(tracked, sample_weight=weight)
         if subnet is not None:  # training: sub-net `subnet`'s own loss and metrics
             self.subnet_metrics.update_state(subnet, tracked, weight, y, y_pred, sample_weight)
         return y_pred, loss
@@ -405,7 +405,7 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         # Keras builds its compiled metrics here first (symbolically, before any step): build
         # the per-sub-net copies at the same time.
-        self.subnet_metrics.build_like(self._compile_metrics, y, y_pred)
+        self.subnet_metrics.build_like(compat.compile_metrics(self), y, y_pred)
         return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _training_only_metrics(self):

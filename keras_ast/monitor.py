@@ -115,7 +115,7 @@ class RunRecorder(keras.callbacks.Callback):
         ``keras.callbacks.TensorBoard``) to the TensorBoard run ``<log_dir>/ast``:
         ``epoch_sparsity_<k>/<layer>``, ``epoch_gc_negative_<i>``, ``epoch_gc_positive_<i>``,
         ``epoch_gc_cosine_<i>``, ``epoch_gc_corrected_<i>``, ``epoch_gc_corrected``,
-        ``epoch_train_flops_<k>`` and ``epoch_train_flops_dense`` (see the README).
+        ``epoch_train_flops_<k>`` and ``epoch_train_flops_dense`` (docs/monitoring.md).
     """
 
     def __init__(self, run_dir, log_dir=None):

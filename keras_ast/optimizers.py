@@ -18,6 +18,8 @@ import contextlib
 import keras
 from keras import ops
 
+from keras_ast import compat
+
 
 @keras.saving.register_keras_serializable(package="keras_ast")
 class SGD(keras.optimizers.SGD):
@@ -46,7 +48,7 @@ class SGD(keras.optimizers.SGD):
     def updating_rows(self, variables, row, num_rows):
         """Within the block, `variables` ([num_rows, ...]) are updated in row `row` only."""
         previous = self._row_selection
-        self._row_selection = {self._var_key(v): (row, num_rows) for v in variables}
+        self._row_selection = {compat.variable_key(self, v): (row, num_rows) for v in variables}
         try:
             yield
         finally:
@@ -65,10 +67,10 @@ class SGD(keras.optimizers.SGD):
             self._skip = previous
 
     def _decays(self, variable):
-        return self.l2 > 0.0 and self._use_weight_decay(variable)
+        return self.l2 > 0.0 and compat.uses_weight_decay(self, variable)
 
     def update_step(self, gradient, variable, learning_rate):
-        selection = self._row_selection.get(self._var_key(variable))
+        selection = self._row_selection.get(compat.variable_key(self, variable))
         if not self._decays(variable) and selection is None and self._skip is None:
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
@@ -79,7 +81,7 @@ class SGD(keras.optimizers.SGD):
         step = -learning_rate * gradient
         momentum = ops.cast(self.momentum, dtype)
         if self.momentum != 0:
-            m = self.momentums[self._get_variable_index(variable)]
+            m = self.momentums[compat.variable_index(self, variable)]
             new_m = m * momentum + step
             step = new_m * momentum + step if self.nesterov else new_m
         if selection is not None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 import keras
 import numpy as np
 
+from keras_ast import compat
 from keras_ast import layers as ast_layers
 
 _CONV_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
@@ -47,10 +48,10 @@ def default_prunable(model, dense_layers: Iterable[str] = ()) -> set[str]:
 def _producer(layer):
     """The layer whose output feeds `layer` (None if not a single known producer)."""
     try:
-        history = layer.input._keras_history
+        tensor = layer.input
     except (AttributeError, ValueError):
         return None
-    return history[0] if history else None
+    return compat.producer(tensor)
 
 
 def _resolve_prunable(model, prunable, dense_layers) -> set[str]:
@@ -200,4 +201,4 @@ def _copy_weights(source, target, prunable_names, bn_names, num_subnets):
 
 
 def _plain_kernel(layer):
-    return layer._kernel if hasattr(layer, "_kernel") else layer.kernel
+    return compat.raw_kernel(layer)

@@ -16,7 +16,8 @@ import functools
 
 import keras
 from keras import ops
-from keras.src.trainers.compile_utils import CompileMetrics  # Keras' own "accuracy" resolution
+
+from keras_ast import compat
 
 
 def _fresh(spec):
@@ -52,9 +53,10 @@ class SubnetMetrics(keras.metrics.Metric):
         if compile_metrics is None:
             return
         for _ in range(self.num_subnets):
-            copy = CompileMetrics(
-                _fresh(compile_metrics._user_metrics),
-                _fresh(compile_metrics._user_weighted_metrics),
+            metrics, weighted = compat.user_metrics(compile_metrics)
+            copy = compat.compile_metrics_class()(
+                _fresh(metrics),
+                _fresh(weighted),
                 output_names=compile_metrics.output_names,
             )
             copy.build(y_true, y_pred)

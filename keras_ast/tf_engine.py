@@ -7,7 +7,7 @@ from __future__ import annotations
 import tensorflow as tf
 from keras import ops
 
-from keras_ast import distribute
+from keras_ast import compat, distribute
 from keras_ast import layers as ast_layers
 
 
@@ -84,7 +84,7 @@ def assign_if(condition, pairs):
     tf.cond(condition, assign, lambda: tf.constant(False))
 
 
-class TrainerWorkarounds:
+class TrainerWorkarounds(compat.SymbolicBuildHook):
     """Mixed into `ASTModel` before `keras.Model`: checks and Keras 3.15 workarounds around
     the compiled train function."""
 
@@ -104,17 +104,16 @@ class TrainerWorkarounds:
             self.optimizer.build(self.trainable_variables)
         return super().make_train_function(force=force)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    def symbolic_build_batch(self, iterator):
         # Keras 3.15 builds the metrics under tf.distribute from the first batch reduced with
         # strategy.reduce("MEAN", (x, y)), which fails under MultiWorkerMirroredStrategy (a
         # tuple is no DistributedValues) and costs a collective: one replica's share of the
-        # batch has the shapes the build needs.
-        if iterator is not None and self._distribute_strategy is not None:
-            strategy = self._distribute_strategy
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        # batch has the shapes the build needs (compat.SymbolicBuildHook).
+        strategy = compat.model_strategy(self)
+        if strategy is None:
+            return None
+        for _, _, it in iterator:
+            return tf.nest.map_structure(
+                lambda v: strategy.experimental_local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+        return None

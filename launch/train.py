@@ -107,8 +107,7 @@ flags.DEFINE_bool("export", True, "Write a SavedModel per sub-net to <output_dir
                   "(--noexport: skip; measured_sparsity then comes from the in-memory masks).")
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files to <output_dir>/logs.")
 
-# ---- Distributed training and fault tolerance (README: "Distributed training and fault
-# tolerance"). Checkpoints go to --backup_dir; --resume continues a killed run exactly.
+# ---- Distributed training and fault tolerance (docs/distributed.md). Checkpoints go to --backup_dir; --resume continues a killed run exactly.
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 flags.DEFINE_string("distribution", "none",
                     "none (one device), mirrored (tf.distribute.MirroredStrategy over all local "
@@ -161,7 +160,7 @@ def check_flags():
                             "default, does not exist)")
     elif FLAGS.dataset != "digits":
         if not FLAGS.data_dir:
-            raise FlagError(f"--dataset={FLAGS.dataset} needs --data_dir (see README, Data)")
+            raise FlagError(f"--dataset={FLAGS.dataset} needs --data_dir (see docs/launcher.md, Data)")
         if not os.path.isdir(FLAGS.data_dir):
             raise FlagError(f"--data_dir={FLAGS.data_dir} does not exist")
     for name in ("epochs", "batch_size"):
@@ -317,7 +316,7 @@ def check_distribution_flags():
                         "(Keras 3 cannot XLA-compile a step over mirrored variables); drop one")
     if FLAGS.distribution == "multi_worker" and not os.environ.get("TF_CONFIG"):
         raise FlagError("--distribution=multi_worker needs the TF_CONFIG environment variable "
-                        "(cluster and task of this worker; see README)")
+                        "(cluster and task of this worker; see docs/distributed.md)")
     for name in ("checkpoint_every", "keep_checkpoints"):
         value = getattr(FLAGS, name)
         if value is not None and value < 1:

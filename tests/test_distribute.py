@@ -126,8 +126,8 @@ def test_two_replicas_equal_one_device_with_the_same_global_batch(runs):
 
 def test_synchronized_batchnorm_two_replicas_equal_one_device(runs):
     """BatchNorm statistics all-reduced over the replicas: the global batch's, as on one
-    device (12 GC steps, no mask update: see the README for why BN runs are compared without
-    one)."""
+    device (12 GC steps, no mask update: docs/distributed.md says why BN runs are compared
+    without one)."""
     one, two = runs["one", "bn"], runs["mirrored", "bn"]
     assert "var:bn1/moving_mean" in one
     _compare(one, two)

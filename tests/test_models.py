@@ -9,7 +9,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from keras_ast import models  # noqa: E402
+from keras_ast import compat, models  # noqa: E402
 
 NAMES = ("small_cnn", "wrn32", "resnet18", "resnet20", "resnet50")
 
@@ -42,7 +42,7 @@ def _macs(model):
 
 
 def _producer(layer):
-    return layer.input._keras_history[0]
+    return compat.producer(layer.input)
 
 
 def test_registry():
