@@ -17,6 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from launch import cli  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("run_dir", None, "Run directory (a launch.train --output_dir).")
@@ -43,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -18,6 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from launch import cli  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 DATASETS = ("digits", "image_folder", "fashion_mnist", "cifar10", "cifar100", "imagenet")
@@ -170,6 +172,9 @@ def check_flags():
         raise FlagError(f"--eval_every must be >= 0, got {FLAGS.eval_every}")
     if not 0.0 <= FLAGS.label_smoothing < 1.0:
         raise FlagError(f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}")
+    if not 0 <= FLAGS.seed < 2**32:
+        raise FlagError(f"--seed must be in [0, 2**32), got {FLAGS.seed}")
+    check_paths()
     check_training_flags(sparsities)
     check_distribution_flags()
     check_updater_flags()
@@ -181,6 +186,16 @@ def check_flags():
     if FLAGS.nm is not None or FLAGS.nm_counts is not None:
         return [p.sparsity for p in check_nm_flags()]
     return sparsities
+
+
+def check_paths():
+    """--output_dir and --backup_dir: given, and not an existing file."""
+    if not FLAGS.output_dir:
+        raise FlagError("--output_dir must not be empty")
+    for name in ("output_dir", "backup_dir"):
+        path = getattr(FLAGS, name)
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise FlagError(f"--{name}={path} is a file, not a directory")
 
 
 def check_training_flags(sparsities):
@@ -364,4 +379,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

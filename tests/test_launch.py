@@ -135,40 +135,98 @@ def test_flagfiles_parse():
     assert keras_ast.__version__
 
 
-# Every training flag with a bad value: FlagError naming it, before anything is built (checked
-# in-process; the subprocess test below shows the one `error:` line and exit status 2).
-BAD_TRAINING_FLAGS = [
-    ("--lr=-1", "--lr must be > 0"),
-    ("--lr=nan", "--lr must be > 0"),
-    ("--momentum=1", "--momentum must be in [0, 1)"),
-    ("--weight_decay=-0.1", "--weight_decay must be >= 0"),
-    ("--warmup_epochs=30", "--warmup_epochs must be in [0, --epochs=30)"),
-    ("--prune_start_epoch=-1", "--prune_start_epoch must be in [0, --epochs=30)"),
-    ("--prune_end_epoch=31", "--prune_end_epoch must be in (--prune_start_epoch=0.0, "
-                             "--epochs=30]"),
-    ("--update_frequency=0", "--update_frequency must be >= 1"),
-    ("--adjustment_period=-2", "--adjustment_period must be >= 0"),
-    ("--initial_sparsity=0.6", "--initial_sparsity must be in [0, the smallest --sparsities "
-                               "value 0.5]"),
-    ("--verbose=3", "--verbose must be 0, 1 or 2"),
-    ("--gc_reference=applied", "unknown --gc_reference='applied'"),
-    ("--prune_mode=random", "unknown --prune_mode='random'"),
-    ("--eval_every=-1", "--eval_every must be >= 0"),
-    ("--batch_size=0", "--batch_size must be >= 1"),
+# Every flag of the launcher with a bad value: FlagError naming it, before anything is built
+# (checked in-process; the subprocess tests below show the one `error:` line and exit status 2).
+# {DATA} is a directory the test creates, {FILE} a file.
+BAD_FLAGS = [
+    (["--dataset=mnist"], "unknown --dataset='mnist'"),
+    (["--dataset=image_folder", "--data_dir={DATA}/none"], "--data_dir={DATA}/none does not exist"),
+    (["--dataset=image_folder", "--data_dir={DATA}", "--image_size=0,8"],
+     "--image_size=0,8: give two positive integers H,W"),
+    (["--dataset=image_folder", "--data_dir={DATA}", "--augment=maybe"], "unknown --augment='maybe'"),
+    (["--dataset=image_folder", "--data_dir={DATA}", "--train_subset=0"],
+     "--train_subset must be >= 1"),
+    (["--model=vgg"], "unknown --model='vgg'"),
+    (["--model=resnet20", "--width_multiplier=0"], "--width_multiplier must be > 0"),
+    (["--sparsities=0.5,1.5"], "every sparsity must be in [0, 1)"),
+    (["--initial_sparsity=0.6"], "--initial_sparsity must be in [0, the smallest --sparsities "
+                                 "value 0.5]"),
+    (["--mode=both"], "unknown --mode='both'"),
+    (["--prune_mode=random"], "unknown --prune_mode='random'"),
+    (["--updater=snip"], "unknown --updater='snip'"),
+    (["--updater=rigl", "--density=normal"], "unknown --density='normal'"),
+    (["--gc=all"], "unknown --gc='all'"),
+    (["--gc_reference=applied"], "unknown --gc_reference='applied'"),
+    (["--preset=paper"], "unknown --preset='paper'"),
+    (["--epochs=0"], "--epochs must be >= 1"),
+    (["--batch_size=0"], "--batch_size must be >= 1"),
+    (["--lr=-1"], "--lr must be > 0"),
+    (["--lr=nan"], "--lr must be > 0"),
+    (["--lr_schedule=linear"], "unknown --lr_schedule='linear'"),
+    (["--warmup_epochs=30"], "--warmup_epochs must be in [0, --epochs=30)"),
+    (["--momentum=1"], "--momentum must be in [0, 1)"),
+    (["--weight_decay=-0.1"], "--weight_decay must be >= 0"),
+    (["--label_smoothing=1"], "--label_smoothing must be in [0, 1)"),
+    (["--update_frequency=0"], "--update_frequency must be >= 1"),
+    (["--adjustment_period=-2"], "--adjustment_period must be >= 0"),
+    (["--prune_start_epoch=-1"], "--prune_start_epoch must be in [0, --epochs=30)"),
+    (["--prune_end_epoch=31"], "--prune_end_epoch must be in (--prune_start_epoch=0.0, "
+                               "--epochs=30]"),
+    (["--seed=-1"], "--seed must be in [0, 2**32)"),
+    (["--output_dir="], "--output_dir must not be empty"),
+    (["--output_dir={FILE}"], "--output_dir={FILE} is a file, not a directory"),
+    (["--verbose=3"], "--verbose must be 0, 1 or 2"),
+    (["--nm_counts=zeros", "--nm=2:4,9:8"], "--nm=2:4,9:8 --nm_counts=zeros:"),
+    (["--nm=2:4", "--nm_counts=ones"], "unknown --nm_counts='ones'"),
+    (["--eval_every=-1"], "--eval_every must be >= 0"),
+    (["--distribution=tpu"], "unknown --distribution='tpu'"),
+    (["--backup_dir={FILE}"], "--backup_dir={FILE} is a file, not a directory"),
+    (["--checkpoint_every=0"], "--checkpoint_every must be >= 1"),
+    (["--keep_checkpoints=0"], "--keep_checkpoints must be >= 1"),
 ]
+# Flags whose every value is valid once absl has parsed it (booleans; absl's own parse errors
+# are one `error:` line too: test_a_value_absl_cannot_parse_is_one_error_line).
+ANY_PARSED_VALUE = {"jit_compile", "export", "tensorboard", "sync_batchnorm", "resume",
+                    "data_dir"}
 
 
-@pytest.mark.parametrize("arg, message", BAD_TRAINING_FLAGS)
-def test_every_training_flag_is_checked_up_front(arg, message):
+def _fill(args, tmp_path):
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "file").write_text("x")
+    return [a.replace("{DATA}", str(tmp_path / "data")).replace("{FILE}", str(tmp_path / "file"))
+            for a in args]
+
+
+@pytest.mark.parametrize("args, message", BAD_FLAGS)
+def test_every_flag_is_checked_up_front(args, message, tmp_path):
     from launch import train
 
-    train.FLAGS(["launch.train", arg])
+    train.FLAGS(["launch.train", f"--output_dir={tmp_path}/out", *_fill(args, tmp_path)])
     try:
         with pytest.raises(train.FlagError) as caught:
             train.check_flags()
-        assert message in str(caught.value)
+        assert _fill([message], tmp_path)[0] in str(caught.value)
     finally:
         train.FLAGS.unparse_flags()
+
+
+def test_the_table_of_bad_flags_covers_every_flag():
+    from launch import train
+
+    defined = {f.name for f in train.FLAGS.get_key_flags_for_module(train)}
+    covered = {a.split("=")[0][2:] for args, _ in BAD_FLAGS for a in args[-1:]}
+    assert defined - covered - ANY_PARSED_VALUE == set()
+
+
+def test_a_value_absl_cannot_parse_is_one_error_line(tmp_path):
+    for arg, message in (("--epochs=abc", "error: flag --epochs=abc: invalid literal"),
+                         ("--resume=maybe", "error: flag --resume=maybe: "),
+                         ("--steps=3", "error: Unknown command line flag 'steps'")):
+        result = _launch(arg, f"--output_dir={tmp_path}/out", timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
 
 
 def test_bad_lr_prints_one_error_line_and_exits_2(tmp_path):
