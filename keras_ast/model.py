@@ -431,6 +431,10 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         forward_state = [v for v in self.network.non_trainable_variables
                          if id(v) not in masks_ids]
         saved_state = tf_engine.snapshot(forward_state)
+        # Forward and backward pass of each sub-net (all K in joint training), then one
+        # finiteness flag for the whole step: a non-finite sub-net stops every sub-net's mask
+        # update, reference and statistics of the step, not only its own.
+        passes = []
         for subnet in subnets:
             self.active_subnet.assign(subnet)
             y_pred, grads, records, product_grads = tf_engine.forward_backward(
@@ -444,12 +448,15 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
                 [g for i, g in enumerate(grads) if g is not None and i not in kernel_ids]
                 + kernel_grads + dense)
             all_finite = finite if all_finite is None else ops.logical_and(all_finite, finite)
+            logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+            passes.append((subnet, grads, kernel_grads, dense, extras, masks, batch))
+        for subnet, grads, kernel_grads, dense, extras, masks, batch in passes:
             result = step_lib.ast_step(
                 config, kernel_grads, dense, extras, masks,
                 [ops.convert_to_tensor(layer.masks) for layer in self.sparse_layers],
                 [ops.convert_to_tensor(layer.shared_kernel) for layer in self.sparse_layers],
                 [ops.convert_to_tensor(ref) for ref in self.gc_refs], step, subnet, batch,
-                finite=finite)
+                finite=all_finite)
             self._record_step(result, subnet, batch)
             grads = list(grads)
             for i, g in zip(kernel_ids, result.grads):
@@ -458,7 +465,6 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
             total = grads if total is None else [
                 a if b is None else b if a is None else ops.add(a, b) for a, b in zip(total, grads)
             ]
-            logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         reduced = distribute.replicas_in_sync() > 1
         if reduced:  # the kernels' gradients are already global (_kernel_gradients)
             kernels = set(kernel_ids)

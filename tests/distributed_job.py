@@ -25,9 +25,12 @@ GLOBAL_BATCH = 32
 SPARSITIES = (0.5, 0.8)
 # name: (BatchNorm, mask updates, training). "ast": no BatchNorm, AST-GC with mask updates at
 # steps 0, 3, 4, 7, 8, 11 and an L2-regularised kernel; "bn": synchronised BatchNorm, GC, no
-# mask update; "joint": joint training with mask updates.
+# mask update; "joint": joint training with mask updates; "nan": BatchNorm, GC and mask updates,
+# with one NaN pixel in the second half of batch 3 (replica 1's share with 2 replicas), a step
+# whose mask update, GC and optimizer update must be skipped on every replica.
 CONFIGS = {"ast": (False, True, "alternating"), "bn": (True, False, "alternating"),
-           "joint": (False, True, "joint")}
+           "joint": (False, True, "joint"), "nan": (True, True, "alternating")}
+NAN_STEP = 3
 
 
 def tiny_net(bn: bool):
@@ -70,7 +73,10 @@ def train(strategy, config: str):
     keras.utils.set_random_seed(7)
     split = load_digits_arrays(seed=0)
     n = STEPS * GLOBAL_BATCH
-    data = tf.data.Dataset.from_tensor_slices((split.x_train[:n], split.y_train[:n]))
+    images = split.x_train[:n].copy()
+    if config == "nan":
+        images[NAN_STEP * GLOBAL_BATCH + GLOBAL_BATCH * 3 // 4, 4, 4, 0] = np.nan
+    data = tf.data.Dataset.from_tensor_slices((images, split.y_train[:n]))
     data = data.batch(GLOBAL_BATCH, drop_remainder=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -92,6 +98,7 @@ def train(strategy, config: str):
     for name, values in history.history.items():
         result[f"log:{name}"] = np.asarray(values)
     result["train_flops"] = np.asarray(model.train_flops)
+    result["nonfinite_steps"] = np.asarray(model.nonfinite_steps)
     result["sparsity"] = np.asarray([model.subnet_sparsity(k) for k in range(len(SPARSITIES))])
     result["replicas"] = np.asarray(strategy.num_replicas_in_sync)
     # Largest difference between the replicas' copies of any variable (0 on one device).

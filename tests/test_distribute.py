@@ -108,7 +108,20 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     return _run_all({"one": (out / "one", ["--strategy=one"], None),
                      "mirrored": (out / "mirrored", ["--strategy=mirrored"], None)},
-                    ["ast", "bn", "joint"])
+                    ["ast", "bn", "joint", "nan"])
+
+
+def test_a_nan_on_one_replica_skips_the_step_on_every_replica(runs):
+    """A NaN pixel in replica 1's share of step 3 (a mask-update step, synchronised BN): every
+    replica skips the step whole, and the run equals the one-device run with the same batch."""
+    one, two = runs["one", "nan"], runs["mirrored", "nan"]
+    assert int(one["nonfinite_steps"]) == 1 and int(two["nonfinite_steps"]) == 1
+    for key in [k for k in two if k.startswith(("var:", "opt:"))]:
+        assert np.all(np.isfinite(two[key])), key
+    assert float(two["replica_spread"]) == 0.0
+    _compare(one, two)
+    # The step was skipped, not the run: the masks reached their sparsities all the same.
+    np.testing.assert_allclose(two["sparsity"], [0.5, 0.8], atol=1e-3)
 
 
 def test_two_replicas_equal_one_device_with_the_same_global_batch(runs):

@@ -85,3 +85,49 @@ def test_mixed_float16_trains_ast_gc(digits_batches):
     gamma = [p for p in snaps.steps[0] if p.endswith("bn1/gamma")][0]
     assert np.array_equal(snaps.steps[5][gamma][0], snaps.steps[6][gamma][0])
     assert not np.array_equal(snaps.steps[5][gamma][1], snaps.steps[6][gamma][1])
+
+
+class _PoisonSubnet(keras.layers.Layer):
+    """Multiplies its input by inf when sub-net `subnet` runs at step `step` (the model's
+    counters are given after the ASTModel exists): only that sub-net's pass turns non-finite."""
+
+    def __init__(self, subnet, step, **kwargs):
+        super().__init__(**kwargs)
+        self.target = (subnet, step)
+        self.counters = None
+
+    def call(self, x):
+        if self.counters is None:
+            return x
+        active, iteration = self.counters()
+        bad = keras.ops.logical_and(active == self.target[0], iteration == self.target[1])
+        return x * keras.ops.where(bad, float("inf"), 1.0)  # (where(bad, x * inf, x) has a
+        # NaN gradient on every step: 0 * inf in the branch not taken)
+
+
+def test_joint_training_one_nonfinite_subnet_stops_every_subnets_update(digits_batches):
+    """Joint training runs all K sub-nets in one step. At step 6 sub-net 0's mask update is due
+    and only sub-net 2's pass is non-finite: the step changes no mask of any sub-net (sub-net
+    0's update is skipped too) and no weight, and is counted once."""
+    x, y = digits_batches
+    base = tiny_cnn()
+    poison = _PoisonSubnet(2, 6, name="poison")
+    network = keras.Model(base.input, poison(base.output))
+    model = keras_ast.ASTModel.from_model(network, [0.5, 0.7, 0.9], training="joint", gc="off")
+    model.network.get_layer("poison").counters = lambda: (
+        model.active_subnet.value, keras.ops.cast(model.iteration.value, "int32"))
+    compile_ast(model, momentum=0.9, l2=5e-4)
+    # Shifts 0 / 1 / 2, frequency 6: sub-net 0 updates at steps 0, 6, 12, ...
+    prune = keras_ast.PruneRegrow(frequency=6, adjustment_period=1, end_step=12)
+    snaps = _Snapshots()
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False, callbacks=[prune, snaps])
+    before, after = snaps.steps[6], snaps.steps[7]  # around step 6
+    changed = sorted(k for k in before
+                     if not np.array_equal(before[k], after[k], equal_nan=True))
+    assert set(changed) <= {"ast_model/iteration", "ast_model/active_subnet", "ast_sgd/iteration",
+                            "ast_model/train_flops", "ast_model/train_examples",
+                            "ast_model/nonfinite_steps"}, changed
+    assert int(model.nonfinite_steps.numpy()) == 1
+    # Sub-net 0's masks do change at its next update (step 12), so step 6's was due.
+    masks = [s["conv1/masks"][0] for s in snaps.steps]
+    assert not np.array_equal(masks[12], masks[13])
