@@ -106,13 +106,20 @@ class DropAndGrow(MaskUpdater):
         self.schedules = schedules.staggered_constant_sparsities(
             model.sparsities, self.begin_step, end_step, self.frequency, period)
         self.ratio_schedule = as_ratio_schedule(self.regrow_ratio, end_step)
+        self._set_budgets()
+
+    def _set_budgets(self):
+        """Every sub-net's per-layer counts; refuses a layer left with no weight at all (it
+        would disconnect the network)."""
+        model = self.model
+        K = model.num_subnets
         self.budgets = [
             layer_densities(model.sparse_layers, s, self.subnet_distribution(k, K))
             for k, s in enumerate(model.sparsities)
         ]
         for k, budget in enumerate(self.budgets):
             empty = [name for name, b in budget.items() if b.count == 0]
-            if empty:  # a layer with no weight disconnects the network
+            if empty:
                 raise ValueError(
                     f"sub-net {k} ({model.sparsities[k]}) would have no weight at all in "
                     f"layer(s) {', '.join(empty)}; use distribution='erk', a lower sparsity, "
@@ -260,21 +267,9 @@ class Static(DropAndGrow):
         if model.nm_patterns is not None:
             raise ValueError("the 'static' updater makes unstructured masks; N:M sub-nets need "
                              "the granet updater")
-        K = model.num_subnets
         self.schedules = []
         self.ratio_schedule = schedules.CosineDecay(0.0, 0.0, 1)
-        self.budgets = [
-            layer_densities(model.sparse_layers, s, self.subnet_distribution(k, K))
-            for k, s in enumerate(model.sparsities)
-        ]
-        for k, budget in enumerate(self.budgets):
-            empty = [name for name, b in budget.items() if b.count == 0]
-            if empty:  # a layer with no weight disconnects the network
-                raise ValueError(
-                    f"sub-net {k} ({model.sparsities[k]}) would have no weight at all in "
-                    f"layer(s) {', '.join(empty)}; use distribution='erk', a lower sparsity, "
-                    "or a dict with a larger density for them"
-                )
+        self._set_budgets()
 
     def planned_steps(self, params):  # fixed masks: the run's length does not matter
         steps, epochs = params.get("steps"), params.get("epochs")
