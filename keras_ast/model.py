@@ -562,7 +562,8 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         return self(x, training=False)
 
     def evaluate_subnets(self, x=None, y=None, subnets=None, **kwargs):
-        """Evaluates each sub-net (all by default) and returns ``{k: {metric: value}}``.
+        """Evaluates each sub-net (all by default) and returns ``{k: {metric: value}}`` with
+        Python floats (``evaluate`` returns tensors in some Keras versions, 3.12 among them).
 
         Extra keyword arguments go to ``evaluate``. The selected sub-net is restored after.
         """
@@ -573,7 +574,8 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         try:
             for k in subnets:
                 self.set_subnet(self._check_subnet(k))
-                results[k] = self.evaluate(x, y, return_dict=True, **kwargs)
+                logs = self.evaluate(x, y, return_dict=True, **kwargs)
+                results[k] = {name: float(value) for name, value in logs.items()}
         finally:
             self.set_subnet(previous)
         return results
