@@ -5,7 +5,7 @@ pass, the gradient with respect to the layer's input, and the gradient with resp
 kernel. With sub-net k's mask, each uses the fraction d_l of the kernel (the layer's density; 1
 for dense layers). On a step where sub-net k's mask update needs the *dense* gradient (RigL,
 GraNet regrowth), the kernel gradient is computed for every entry: MACs_l instead of d_l MACs_l
-(RigL's accounting, Evci et al. 2020, appendix H). A multiply-accumulate is 2 FLOPs:
+(as RigL counts it, Evci et al. 2020). A multiply-accumulate is 2 FLOPs:
 
     FLOPs(step) = 2 x batch x sum_l MACs_l x (3 d_l)                ordinary step
                 = 2 x batch x sum_l MACs_l x (2 d_l + 1)            mask-update step

@@ -31,8 +31,8 @@ global batch's gradient on every replica, and step 4 applies them without a seco
 from __future__ import annotations
 
 import contextlib
-import warnings
 import math
+import warnings
 
 import keras
 from keras import ops
