@@ -63,11 +63,11 @@ def main(argv):
             name = os.path.basename(run_dir)
             for index, model, subnet in _models(run_dir):
                 model.set_subnet(subnet)
-                before = model.evaluate(test, return_dict=True, verbose=0)["accuracy"]
+                before = float(model.evaluate(test, return_dict=True, verbose=0)["accuracy"])
                 keras_ast.recalibrate_batchnorm(model, source.epochs(0, 1), subnet,
                                                 batches=FLAGS.batches)
                 model.set_subnet(subnet)
-                after = model.evaluate(test, return_dict=True, verbose=0)["accuracy"]
+                after = float(model.evaluate(test, return_dict=True, verbose=0)["accuracy"])
                 results.setdefault(method, {}).setdefault(index, []).append((before, after))
                 print(f"{name} sub-net {index}: {100 * before:.2f}% -> {100 * after:.2f}%",
                       flush=True)

@@ -132,7 +132,7 @@ def main(argv):
     for name, (model, _) in configs.items():
         flops = model.training_flops["total"] if name != "dense" else dense_flops
         if name == "dense":
-            accuracy = [model.evaluate(test, return_dict=True, verbose=0)["accuracy"]]
+            accuracy = [float(model.evaluate(test, return_dict=True, verbose=0)["accuracy"])]
         else:
             accuracy = [r["accuracy"] for r in model.evaluate_subnets(test).values()]
         print(f"{name:<11} {ms[name]:8.2f} {ms[name] * steps:9.1f} "

@@ -335,8 +335,8 @@ def _dense_entry(flags, model, test, examples, export_dir, chief):
             model.export(tmp, verbose=False)
     flops = cost.dense_training_flops(model, examples)
     return {"subnet": 0, "target_sparsity": 0.0, "measured_sparsity": 0.0,
-            "overall_sparsity": 0.0, "accuracy": metrics["accuracy"], "training_flops": flops,
-            "loss": metrics["loss"], "export_path": path}
+            "overall_sparsity": 0.0, "accuracy": float(metrics["accuracy"]),
+            "training_flops": flops, "loss": float(metrics["loss"]), "export_path": path}
 
 
 def _nm_entry(model, k, path):
