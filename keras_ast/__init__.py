@@ -14,6 +14,7 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from keras_ast.agent import Agent, AgentPass  # noqa: E402
 from keras_ast.batchnorm import recalibrate_batchnorm  # noqa: E402
 from keras_ast.callbacks import PruneRegrow, ScheduleError  # noqa: E402
 from keras_ast.checkpoint import BackupAndRestore, resume_fit  # noqa: E402
@@ -34,6 +35,8 @@ from keras_ast import fidelity, updaters  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [
     "ASTModel",
+    "Agent",
+    "AgentPass",
     "BackupAndRestore",
     "CosineDecay",
     "CubicGroupFraction",

@@ -37,6 +37,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_ast import agent as agent_lib
 from keras_ast import compat, correction, cost, distribute, tf_engine, updaters
 from keras_ast import step as step_lib
 from keras_ast import layers as ast_layers
@@ -113,11 +114,15 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
       updater: a mask updater for the model to own (`keras_ast.updaters`; see
         `set_updater`), also accepted by `compile`. Without one, masks change only while a
         `keras_ast.PruneRegrow` is among ``fit``'s callbacks.
+      agent: AGENT's adaptive gradient correction (`keras_ast.Agent`, True for its defaults,
+        or None): every step adds ``c (mu~_k - q)`` to sub-net k's gradient, with q the
+        gradient of the same batch at the epoch's snapshot; ``fit`` then needs a
+        `keras_ast.AgentPass` callback for the per-epoch pass (docs/agent.md).
     """
 
     def __init__(self, network, sparsities=None, gc="layerwise", gc_reference="corrected",
                  training="alternating", nm=None, inactive_bn="frozen", gc_projection="masked",
-                 updater=None, **kwargs):
+                 updater=None, agent=None, **kwargs):
         super().__init__(**kwargs)
         check_fidelity(inactive_bn, gc_projection)
         self.inactive_bn = inactive_bn
@@ -216,6 +221,9 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         self._updater = None
         self._owns_updater = False
         self._traced_updater = None
+        self.agent = agent_lib.get(agent)
+        if self.agent is not None:
+            self._build_agent_state()
         self.built = True
         if updater is not None:
             self.set_updater(updater)
@@ -371,6 +379,11 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
                      for c in (callbacks or [])]
         if self.owns_updater and not any(isinstance(c, PruneRegrow) for c in callbacks):
             callbacks.insert(0, PruneRegrow())
+        if self.agent is not None and not any(isinstance(c, agent_lib.AgentPass)
+                                              for c in callbacks):
+            raise ValueError("a model built with agent=... needs keras_ast.AgentPass(data) "
+                             "among fit's callbacks (the per-epoch pass; without it c stays 0 "
+                             "and AGENT does nothing)")
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def compile_from_config(self, config):
@@ -379,6 +392,101 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         self.compile(**keras.saving.deserialize_keras_object(config))
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
+
+    # --------------------------------------------------------------------------- AGENT
+    def _build_agent_state(self):
+        """AGENT's state (keras_ast/agent.py), in the model's variables so checkpoints and
+        .keras files keep it: the snapshot w~ of every trainable variable, each sub-net's mean
+        gradient mu~_k at the snapshot, tau^, c and the number of passes made."""
+        trainables = self.network.trainable_variables
+        K = self.num_subnets
+        self.agent_snapshot = [
+            self.add_weight(name=f"agent_snapshot_{i}", shape=v.shape, dtype=v.dtype,
+                            initializer="zeros", trainable=False)
+            for i, v in enumerate(trainables)]
+        self.agent_mu = [
+            self.add_weight(name=f"agent_mu_{i}", shape=(K,) + tuple(v.shape), dtype=v.dtype,
+                            initializer="zeros", trainable=False)
+            for i, v in enumerate(trainables)]
+        self.agent_tau = self.add_weight(
+            name="agent_tau", shape=(), dtype="float32", trainable=False,
+            initializer=keras.initializers.Constant(self.agent.tau0))
+        self.agent_coef = self.add_weight(name="agent_coef", shape=(), dtype="float32",
+                                          initializer="zeros", trainable=False)
+        self.agent_passes = self.add_weight(name="agent_passes", shape=(), dtype="int64",
+                                            initializer="zeros", trainable=False)
+        self._agent_batch = None
+
+    def _agent_terms(self, subnet, x, y, sample_weight):
+        """c (mu~_k - q) for every trainable variable (q: the batch's gradient at the snapshot)."""
+        _, q = tf_engine.stateless_gradients(
+            self, [ops.convert_to_tensor(s) for s in self.agent_snapshot], subnet, x, y,
+            sample_weight)
+        coef = ops.convert_to_tensor(self.agent_coef)
+        return [ops.cast(coef, mu.dtype) * (ops.take(mu, subnet, axis=0)
+                                            - (ops.zeros_like(s) if g is None else g))
+                for mu, s, g in zip(self.agent_mu, self.agent_snapshot, q)]
+
+    def agent_epoch_pass(self, data):
+        """AGENT's pass at the start of an epoch (keras_ast/agent.py): over the batches of
+        `data` (batch b as sub-net b mod K), the loss at the current weights and at the
+        snapshot and the mean gradient per sub-net; then tau^, c and the snapshot. The live
+        model's BatchNorm statistics and metrics are not touched. Its FLOPs (one forward and
+        backward plus one forward per batch) are added to ``training_flops``. Returns
+        {"tau_cur", "tau", "coef", "batches"}."""
+        if self.agent is None:
+            raise ValueError("agent_epoch_pass needs ASTModel(..., agent=...)")
+        trainables = self.trainable_variables
+        if int(self.agent_passes.numpy()) == 0:  # first epoch: the snapshot is the model
+            for s, v in zip(self.agent_snapshot, trainables):
+                s.assign(v)
+        for mu in self.agent_mu:
+            mu.assign(ops.zeros_like(mu))
+        if self._agent_batch is None:
+            self._agent_batch = tf_engine.function(self._agent_batch_step)
+        K = self.num_subnets
+        counts, current, previous = [0] * K, [], []
+        for b, batch in enumerate(data):
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+            k = b % K
+            loss_now, loss_snapshot = self._agent_batch(x, y, sample_weight,
+                                                        ops.convert_to_tensor(k, "int32"))
+            counts[k] += 1
+            current.append(float(loss_now))
+            previous.append(float(loss_snapshot))
+        for mu in self.agent_mu:
+            shape = (K,) + (1,) * (len(mu.shape) - 1)
+            mu.assign(mu / ops.reshape(ops.convert_to_tensor(
+                [max(c, 1) for c in counts], mu.dtype), shape))
+        tau_cur = agent_lib.tau_estimate(current, previous)
+        tau = agent_lib.updated_tau(float(self.agent_tau.numpy()), tau_cur, self.agent.alpha)
+        self.agent_tau.assign(tau)
+        self.agent_coef.assign(self.agent.gamma * tau)
+        for s, v in zip(self.agent_snapshot, trainables):
+            s.assign(v)
+        self.agent_passes.assign_add(1)
+        return {"tau_cur": tau_cur, "tau": tau, "coef": self.agent.gamma * tau,
+                "batches": len(current)}
+
+    def _agent_batch_step(self, x, y, sample_weight, subnet):
+        live = [ops.convert_to_tensor(v) for v in self.trainable_variables]
+        loss_now, grads = tf_engine.stateless_gradients(self, live, subnet, x, y, sample_weight)
+        loss_snapshot, _ = tf_engine.stateless_gradients(
+            self, [ops.convert_to_tensor(s) for s in self.agent_snapshot], subnet, x, y,
+            sample_weight, gradients=False)
+        one_hot = ops.one_hot(subnet, self.num_subnets, dtype="float32")
+        for mu, g in zip(self.agent_mu, grads):
+            if g is not None:
+                shape = (self.num_subnets,) + (1,) * len(g.shape)
+                mu.assign_add(ops.reshape(ops.cast(one_hot, mu.dtype), shape) * g[None])
+        densities = [ops.cast(ops.mean(ops.take(layer.masks, subnet, axis=0)), "float64")
+                     for layer in self.sparse_layers]
+        batch = ops.shape(keras.tree.flatten(x)[0])[0]
+        flops = cost.step_flops(ops.cast(batch, "float64"), float(self._dense_macs),
+                                [float(m) for m in self._sparse_macs], densities)
+        # forward + backward (3 forward-equivalents) and one forward: 4/3 of a step
+        self.train_flops.assign_add(ops.cast(one_hot, "float64") * flops * (4.0 / 3.0))
+        return loss_now, loss_snapshot
 
     def _step_config(self):
         return step_lib.StepConfig(
@@ -441,22 +549,30 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
                 self, x, y, sample_weight, subnet, variables)
             masks, dense = (list(t) for t in zip(*self._recorded(subnet, records,
                                                                    product_grads)))
+            agent_terms = None
+            if self.agent is not None:  # AGENT, before GC: c (mu~_k - q) (keras_ast/agent.py)
+                terms = self._agent_terms(subnet, x, y, sample_weight)
+                agent_terms = [terms[i] for i in kernel_ids]
+                kernels = set(kernel_ids)
+                grads = [g if g is None or i in kernels else g + ops.cast(terms[i], g.dtype)
+                         for i, g in enumerate(grads)]
             batch = ops.shape(keras.tree.flatten(x)[0])[0]
             kernel_grads, dense, extras, batch = self._kernel_gradients(
                 [grads[i] for i in kernel_ids], masks, dense, batch)
             finite = tf_engine.all_finite(
                 [g for i, g in enumerate(grads) if g is not None and i not in kernel_ids]
-                + kernel_grads + dense)
+                + kernel_grads + dense + (agent_terms or []))
             all_finite = finite if all_finite is None else ops.logical_and(all_finite, finite)
             logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-            passes.append((subnet, grads, kernel_grads, dense, extras, masks, batch))
-        for subnet, grads, kernel_grads, dense, extras, masks, batch in passes:
+            passes.append((subnet, grads, kernel_grads, dense, extras, masks, batch,
+                           agent_terms))
+        for subnet, grads, kernel_grads, dense, extras, masks, batch, agent_terms in passes:
             result = step_lib.ast_step(
                 config, kernel_grads, dense, extras, masks,
                 [ops.convert_to_tensor(layer.masks) for layer in self.sparse_layers],
                 [ops.convert_to_tensor(layer.shared_kernel) for layer in self.sparse_layers],
                 [ops.convert_to_tensor(ref) for ref in self.gc_refs], step, subnet, batch,
-                finite=all_finite)
+                finite=all_finite, agent_terms=agent_terms)
             self._record_step(result, subnet, batch)
             grads = list(grads)
             for i, g in zip(kernel_ids, result.grads):
@@ -593,6 +709,7 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
             "inactive_bn": self.inactive_bn,
             "gc_projection": self.gc_projection,
             "updater": updaters.serialize(self._updater) if self.owns_updater else None,
+            "agent": None if self.agent is None else self.agent.get_config(),
         }
 
     @classmethod

@@ -83,7 +83,7 @@ class StepResult:
 
 
 def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, subnet, batch,
-             finite=True):
+             finite=True, agent_terms=None):
     """One AST step of sub-net `subnet` on tensors (module docstring, steps 1-4).
 
     Args:
@@ -98,6 +98,9 @@ def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, sub
       refs: the gradient-correction references h (the previous step's gradients).
       step, subnet: int scalars; batch: the (global) batch size.
       finite: bool scalar, false if any gradient of the step is inf or NaN.
+      agent_terms: AGENT's correction c (mu~_k - q) of each kernel (keras_ast/agent.py), or
+        None: added to the kernel gradients restricted to the masks after the update, before
+        gradient correction; its snapshot pass is added to the FLOPs.
 
     Returns:
       A `StepResult`.
@@ -126,6 +129,12 @@ def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, sub
         dense_backward = updated
     flops = cost.step_flops(ops.cast(batch, "float64"), float(config.dense_macs),
                             [float(m) for m in config.sparse_macs], densities, dense_backward)
+    if agent_terms is not None:  # AGENT (before GC): g~ = g + c (mu~_k - q) on m_k
+        grads = [g + ops.cast(t, g.dtype) * ops.cast(m, g.dtype)
+                 for g, t, m in zip(grads, agent_terms, masks)]
+        flops = flops + cost.step_flops(  # q: one more forward + backward at the snapshot
+            ops.cast(batch, "float64"), float(config.dense_macs),
+            [float(m) for m in config.sparse_macs], densities)
     new_refs, gc_stats = None, None
     gc_row = ops.zeros((len(GC_COLUMNS),), "float64")
     if config.gc != "off" and config.num_subnets > 1:

@@ -23,6 +23,35 @@ def forward_backward(model, x, y, sample_weight, subnet, variables):
     return y_pred, grads[:len(variables)], records, grads[len(variables):]
 
 
+def stateless_gradients(model, values, subnet, x, y, sample_weight, gradients=True):
+    """Loss of sub-net `subnet` on a batch with the trainable variables replaced by `values`
+    (one tensor each, in ``model.trainable_variables`` order), and its gradients with respect to
+    them (None when `gradients` is False). Runs in a ``keras.StatelessScope``: nothing the
+    forward pass assigns (BatchNorm moving statistics, metrics) reaches the model (AGENT's
+    snapshot passes, keras_ast/agent.py)."""
+    import keras
+
+    values = [tf.identity(getattr(v, "value", v)) for v in values]  # tensors, not variables
+    mapping = list(zip(model.trainable_variables, values))
+    mapping.append((model.active_subnet, ops.cast(subnet, model.active_subnet.dtype)))
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        with keras.StatelessScope(state_mapping=mapping):
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                      training=True)
+    if not gradients:
+        return loss, None
+    grads = tape.gradient(loss, values)
+    return loss, [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                  for g in grads]
+
+
+def function(fn):
+    """`fn` compiled as a tf.function (for the model's own loops, such as AGENT's pass)."""
+    return tf.function(fn)
+
+
 def global_kernel_gradients(regularized, kernel_grads, masks, dense, batch):
     """Under tf.distribute: the dense kernel gradients and the batch size summed over the
     replicas (one all-reduce), so the mask update, gradient correction and FLOPs count see
@@ -93,6 +122,12 @@ class TrainerWorkarounds(compat.SymbolicBuildHook):
         if signature != self._traced_updater:
             force = True
             self._traced_updater = signature
+        if getattr(self, "agent", None) is not None:
+            if self.distribute_strategy.num_replicas_in_sync > 1 or \
+                    inner_optimizer(self.optimizer) is not self.optimizer:
+                raise ValueError(
+                    "AGENT (agent=...) runs on one device without loss scaling for now: "
+                    "tf.distribute with several replicas and mixed precision are not supported")
         if self.jit_compile and distribute.refuses_jit(self.distribute_strategy):
             raise ValueError(
                 f"jit_compile=True does not work under {type(self.distribute_strategy).__name__} "

@@ -147,6 +147,7 @@ TRAJECTORY_FLAGS = (
     "gc_reference", "preset", "epochs", "batch_size", "lr", "lr_schedule", "warmup_epochs",
     "momentum", "weight_decay", "label_smoothing", "update_frequency", "adjustment_period",
     "prune_start_epoch", "prune_end_epoch", "seed", "nm", "nm_counts", "sync_batchnorm",
+    "agent", "agent_alpha", "agent_gamma", "agent_tau0",
 )
 
 
@@ -172,7 +173,7 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
         model = plain if training == "dense" else keras_ast.ASTModel.from_model(
             plain, sparsities, dense_layers=models.dense_layers(flags.model),
             gc="off" if training == "joint" else flags.gc, gc_reference=flags.gc_reference,
-            training=training, nm=patterns,
+            training=training, nm=patterns, agent=_agent(flags),
             **fidelity.preset(getattr(flags, "preset", "default")).model,
         )
         if flags.distribution != "none":
@@ -184,6 +185,9 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
         )
     prune = ([] if training == "dense"
              else [_prune_callback(flags, len(sparsities), source.steps_per_epoch)])
+    if _agent(flags) is not None and training != "dense":  # the epoch's own batches
+        callbacks = [keras_ast.AgentPass(lambda epoch: source.epochs(epoch, epoch + 1)),
+                     *callbacks]
     config = run_config(flags, training, prune[0].updater if prune else None)
     backup = checkpoint.BackupAndRestore(backup_dir, save_every=flags.checkpoint_every,
                                          keep=flags.keep_checkpoints, config=config)
@@ -194,6 +198,13 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
         model, source, flags.epochs, backup, strategy=strategy, verbose=flags.verbose,
         shuffle=False, callbacks=[*prune, *callbacks])
     return model, start, time.perf_counter() - began
+
+
+def _agent(flags):
+    """--agent's keras_ast.Agent, or None."""
+    if not getattr(flags, "agent", False):
+        return None
+    return keras_ast.Agent(flags.agent_alpha, flags.agent_gamma, flags.agent_tau0)
 
 
 def backup_root(flags):

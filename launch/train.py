@@ -69,6 +69,13 @@ flags.DEFINE_string("preset", "default", "Fidelity preset (keras_ast.fidelity): 
                     "(keras_ast's choices) or authors_code (the authors' released code's "
                     "choices, less its bugs; --adjustment_period then counts each sub-net's "
                     "own steps). --updater=granet or nested.")
+flags.DEFINE_bool("agent", False, "AGENT's adaptive gradient correction (keras_ast.Agent, "
+                  "docs/agent.md): an SVRG-style control variate against a per-epoch "
+                  "snapshot, with a per-epoch pass over the training batches.")
+flags.DEFINE_float("agent_alpha", 0.3, "AGENT: forgetting rate of tau's average, in (0, 1].")
+flags.DEFINE_float("agent_gamma", 0.1, "AGENT: scale of the control variate, c = gamma * tau "
+                   "(>= 0).")
+flags.DEFINE_float("agent_tau0", 0.1, "AGENT: the starting value of tau's average.")
 flags.DEFINE_integer("epochs", 30, "Training epochs.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_float("lr", 0.05, "Peak learning rate.")
@@ -220,6 +227,18 @@ def check_training_flags(sparsities):
     number("initial_sparsity", lambda v: 0 <= v <= min(sparsities),
            f"in [0, the smallest --sparsities value {min(sparsities)}]")
     number("verbose", lambda v: v in (0, 1, 2), "0, 1 or 2")
+    number("agent_alpha", lambda v: 0 < v <= 1, "in (0, 1]")
+    number("agent_gamma", lambda v: v >= 0, ">= 0")
+    number("agent_tau0", lambda v: True, "finite")
+    if FLAGS.agent and FLAGS.mode == "dense":
+        raise FlagError("--agent corrects the sub-nets' gradients; --mode=dense trains the plain "
+                        "model (leave out --agent)")
+    if FLAGS.agent and FLAGS.distribution != "none":
+        raise FlagError(f"--agent runs on one device for now; --distribution="
+                        f"{FLAGS.distribution} is not supported with it")
+    for name in ("agent_alpha", "agent_gamma", "agent_tau0"):
+        if FLAGS[name].present and not FLAGS.agent:
+            raise FlagError(f"--{name} applies with --agent only")
     if FLAGS.gc_reference not in GC_REFERENCES:
         raise FlagError(f"unknown --gc_reference={FLAGS.gc_reference!r}; use one of "
                         f"{', '.join(GC_REFERENCES)}")
