@@ -6,6 +6,9 @@ Trains, in one process, the small CNN on the embedded digits data set five ways:
   ast         the same without gradient correction
   individual  one sparse sub-net (K = 1, the middle sparsity), GraNet-style
   joint       S-Net style: all K sub-nets on every batch, summed losses, one optimizer step
+  agent       ast_gc with AGENT (keras_ast.Agent, its per-epoch pass inside the timed epoch);
+              its time over ast_gc's is printed beside the FLOPs ratio the accounting predicts
+              (--noagent leaves it out)
 All sparse runs use the same PruneRegrow schedule (mask updates every --update_frequency steps
 per sub-net, gradual pruning until 68.75% of the run, as the launcher) and the same cosine
 learning rate.
@@ -51,6 +54,7 @@ flags.DEFINE_bool("jit_compile", False, "Compile the steps with XLA.")
 flags.DEFINE_integer("steps_per_execution", 1,
                      "Training steps per compiled call (Keras' compile argument; 1 is Keras' "
                      "default). More removes per-call dispatch costs, for every configuration.")
+flags.DEFINE_bool("agent", True, "Time AST-GC with AGENT too (the 'agent' row).")
 flags.DEFINE_integer("update_frequency", 100,
                      "Steps between two mask updates of one sub-net (the paper: 1000 steps on "
                      "CIFAR). Each update ranks all prunable weights, so a small value shows "
@@ -74,7 +78,7 @@ def _compile(model, total_steps):
 
 
 def build_configs(sparsities, total_steps):
-    """{name: (compiled model, PruneRegrow or None)} for the five configurations."""
+    """{name: (compiled model, PruneRegrow or None)} for the five (six) configurations."""
     configs = {"dense": (_compile(small_cnn(width=FLAGS.width), total_steps), None)}
     middle = [sparsities[len(sparsities) // 2]]
     for name, subnets, gc, training in (
@@ -82,9 +86,9 @@ def build_configs(sparsities, total_steps):
         ("ast", sparsities, "off", "alternating"),
         ("individual", middle, "off", "alternating"),
         ("joint", sparsities, "off", "joint"),
-    ):
+    ) + ((("agent", sparsities, "layerwise", "alternating"),) if FLAGS.agent else ()):
         model = keras_ast.ASTModel.from_model(small_cnn(width=FLAGS.width), subnets, gc=gc,
-                                              training=training)
+                                              training=training, agent=name == "agent")
         K = len(subnets)
         prune = keras_ast.PruneRegrow(
             frequency=FLAGS.update_frequency,
@@ -114,6 +118,8 @@ def main(argv):
         for name in names[shift:] + names[:shift]:
             model, prune = configs[name]
             callbacks = [timers[name]] + ([prune] if prune else [])
+            if name == "agent":  # after the timer: the pass is inside the timed epoch
+                callbacks.append(keras_ast.AgentPass(train))
             model.fit(train, epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks,
                       verbose=0)
         print(f"round {epoch + 1}/{FLAGS.epochs} ({time.perf_counter() - start:.0f} s): "
@@ -146,6 +152,12 @@ def main(argv):
         verdict = "met" if median <= bound else "MISSED"
         print(f"  {numerator} / {denominator} = {median:.3f} [{low:.3f}, {high:.3f}]  "
               f"(goal <= {bound:.2f}: {verdict})")
+    if "agent" in configs:
+        median, low, high = paired_ratio(times, "agent", "ast_gc")
+        predicted = (configs["agent"][0].training_flops["total"]
+                     / configs["ast_gc"][0].training_flops["total"])
+        print(f"  agent / ast_gc = {median:.3f} [{low:.3f}, {high:.3f}] in time; "
+              f"{predicted:.3f} in training FLOPs (the accounting's prediction)")
 
 
 if __name__ == "__main__":
