@@ -113,14 +113,18 @@ def layer_floors(sizes, min_density):
     return [max(1, math.ceil(min_density * size)) for size in sizes]
 
 
-def _reserve(scores, floors):
-    """Per layer, the `floors[i]` highest-scoring entries with a score >= 0 (fewer when the
-    layer has fewer), as a list of 0/1 masks."""
-    reserved = []
+def _floored(scores, floors):
+    """`scores` (one tensor per layer) with each layer's `floors[i]` highest scores >= 0 (fewer
+    when the layer has fewer) raised to +inf, so a global top count keeps them first; `scores`
+    itself when `floors` is None."""
+    if floors is None:
+        return scores
+    out = []
     for s, floor in zip(scores, floors):
         available = ops.sum(ops.cast(s >= 0.0, "int32"))
-        reserved.append(top_count(s, ops.minimum(floor, available)))
-    return reserved
+        reserved = top_count(s, ops.minimum(floor, available))
+        out.append(ops.where(reserved > 0.5, ops.full_like(s, float("inf")), s))
+    return out
 
 
 def global_magnitude_prune(weights, masks, density, floors=None):
@@ -135,12 +139,8 @@ def global_magnitude_prune(weights, masks, density, floors=None):
     global cut, so no layer is emptied; the total is unchanged (the caller checks that the
     floors fit in it).
     """
-    scores = [_masked_scores(ops.abs(w), m, -1.0) for w, m in zip(weights, masks)]
-    if floors is not None:
-        reserved = _reserve(scores, floors)
-        scores = [ops.where(r > 0.5, ops.full_like(s, float("inf")), s)
-                  for s, r in zip(scores, reserved)]
-    flat = _flat(scores)
+    flat = _flat(_floored([_masked_scores(ops.abs(w), m, -1.0) for w, m in zip(weights, masks)],
+                          floors))
     active = ops.cast(ops.sum(_flat(masks)), "int32")
     keep = ops.minimum(count_to_keep(density, flat.shape[0]), active)
     return _unflat(top_count(flat, keep), masks)
@@ -172,10 +172,7 @@ def nest_within(weights, children, parents, floors=None):
     big = 3.0e38
     scores = [ops.where(c * p > 0.5, ops.full_like(w, big), _masked_scores(ops.abs(w), p, -1.0))
               for w, c, p in zip(weights, children, parents)]
-    if floors is not None:
-        reserved = _reserve(scores, floors)
-        scores = [ops.where(r > 0.5, ops.full_like(s, float("inf")), s)
-                  for s, r in zip(scores, reserved)]
+    scores = _floored(scores, floors)
     count = ops.minimum(ops.cast(ops.sum(_flat(children)), "int32"),
                         ops.cast(ops.sum(_flat(parents)), "int32"))
     return _unflat(top_count(_flat(scores), count), children)

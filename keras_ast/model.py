@@ -419,9 +419,8 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
 
     def _agent_terms(self, subnet, x, y, sample_weight):
         """c (mu~_k - q) for every trainable variable (q: the batch's gradient at the snapshot)."""
-        _, q = tf_engine.stateless_gradients(
-            self, [ops.convert_to_tensor(s) for s in self.agent_snapshot], subnet, x, y,
-            sample_weight)
+        _, q = tf_engine.stateless_gradients(self, self.agent_snapshot, subnet, x, y,
+                                             sample_weight)
         coef = ops.convert_to_tensor(self.agent_coef)
         return [ops.cast(coef, mu.dtype) * (ops.take(mu, subnet, axis=0)
                                             - (ops.zeros_like(s) if g is None else g))
@@ -436,10 +435,8 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         {"tau_cur", "tau", "coef", "batches"}."""
         if self.agent is None:
             raise ValueError("agent_epoch_pass needs ASTModel(..., agent=...)")
-        trainables = self.trainable_variables
         if int(self.agent_passes.numpy()) == 0:  # first epoch: the snapshot is the model
-            for s, v in zip(self.agent_snapshot, trainables):
-                s.assign(v)
+            self._agent_take_snapshot()
         for mu in self.agent_mu:
             mu.assign(ops.zeros_like(mu))
         if self._agent_batch is None:
@@ -462,18 +459,20 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
         tau = agent_lib.updated_tau(float(self.agent_tau.numpy()), tau_cur, self.agent.alpha)
         self.agent_tau.assign(tau)
         self.agent_coef.assign(self.agent.gamma * tau)
-        for s, v in zip(self.agent_snapshot, trainables):
-            s.assign(v)
+        self._agent_take_snapshot()
         self.agent_passes.assign_add(1)
         return {"tau_cur": tau_cur, "tau": tau, "coef": self.agent.gamma * tau,
                 "batches": len(current)}
 
+    def _agent_take_snapshot(self):
+        for s, v in zip(self.agent_snapshot, self.trainable_variables):
+            s.assign(v)
+
     def _agent_batch_step(self, x, y, sample_weight, subnet):
-        live = [ops.convert_to_tensor(v) for v in self.trainable_variables]
-        loss_now, grads = tf_engine.stateless_gradients(self, live, subnet, x, y, sample_weight)
+        loss_now, grads = tf_engine.stateless_gradients(
+            self, self.trainable_variables, subnet, x, y, sample_weight)
         loss_snapshot, _ = tf_engine.stateless_gradients(
-            self, [ops.convert_to_tensor(s) for s in self.agent_snapshot], subnet, x, y,
-            sample_weight, gradients=False)
+            self, self.agent_snapshot, subnet, x, y, sample_weight, gradients=False)
         one_hot = ops.one_hot(subnet, self.num_subnets, dtype="float32")
         for mu, g in zip(self.agent_mu, grads):
             if g is not None:
@@ -481,9 +480,8 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
                 mu.assign_add(ops.reshape(ops.cast(one_hot, mu.dtype), shape) * g[None])
         densities = [ops.cast(ops.mean(ops.take(layer.masks, subnet, axis=0)), "float64")
                      for layer in self.sparse_layers]
-        batch = ops.shape(keras.tree.flatten(x)[0])[0]
-        flops = cost.step_flops(ops.cast(batch, "float64"), float(self._dense_macs),
-                                [float(m) for m in self._sparse_macs], densities)
+        flops = step_lib.step_flops(self._step_config(), ops.shape(keras.tree.flatten(x)[0])[0],
+                                    densities)
         # forward + backward (3 forward-equivalents) and one forward: 4/3 of a step
         self.train_flops.assign_add(ops.cast(one_hot, "float64") * flops * (4.0 / 3.0))
         return loss_now, loss_snapshot
@@ -531,6 +529,7 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
             subnets = [ops.cast(step % self.num_subnets, "int32")]
         position = {id(v): i for i, v in enumerate(variables)}
         kernel_ids = [position[id(layer.shared_kernel)] for layer in self.sparse_layers]
+        kernels = set(kernel_ids)
         config = self._step_config()
         total, all_finite = None, None
         # State the forward pass updates (BatchNorm moving statistics), restored if the step
@@ -553,14 +552,13 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
             if self.agent is not None:  # AGENT, before GC: c (mu~_k - q) (keras_ast/agent.py)
                 terms = self._agent_terms(subnet, x, y, sample_weight)
                 agent_terms = [terms[i] for i in kernel_ids]
-                kernels = set(kernel_ids)
                 grads = [g if g is None or i in kernels else g + ops.cast(terms[i], g.dtype)
                          for i, g in enumerate(grads)]
             batch = ops.shape(keras.tree.flatten(x)[0])[0]
             kernel_grads, dense, extras, batch = self._kernel_gradients(
                 [grads[i] for i in kernel_ids], masks, dense, batch)
             finite = tf_engine.all_finite(
-                [g for i, g in enumerate(grads) if g is not None and i not in kernel_ids]
+                [g for i, g in enumerate(grads) if g is not None and i not in kernels]
                 + kernel_grads + dense + (agent_terms or []))
             all_finite = finite if all_finite is None else ops.logical_and(all_finite, finite)
             logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
@@ -583,7 +581,6 @@ class ASTModel(tf_engine.TrainerWorkarounds, keras.Model):
             ]
         reduced = distribute.replicas_in_sync() > 1
         if reduced:  # the kernels' gradients are already global (_kernel_gradients)
-            kernels = set(kernel_ids)
             rest = [i for i, g in enumerate(total) if g is not None and i not in kernels]
             for i, g in zip(rest, distribute.all_reduce_sum([total[i] for i in rest])):
                 total[i] = g

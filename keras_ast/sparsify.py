@@ -188,7 +188,7 @@ def _copy_weights(source, target, prunable_names, bn_names, num_subnets):
             continue  # input layers are renamed by clone_model and hold nothing
         new = targets[layer.name]
         if layer.name in prunable_names:
-            new.shared_kernel.assign(_plain_kernel(layer))
+            new.shared_kernel.assign(compat.raw_kernel(layer))
             if layer.use_bias:
                 new.bias.assign(layer.bias)
         elif layer.name in bn_names:
@@ -199,6 +199,3 @@ def _copy_weights(source, target, prunable_names, bn_names, num_subnets):
         else:
             new.set_weights(layer.get_weights())
 
-
-def _plain_kernel(layer):
-    return compat.raw_kernel(layer)

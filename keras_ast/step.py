@@ -35,6 +35,7 @@ from keras_ast import correction, cost
 # `ASTModel.gc_statistics` (row i: the steps of sub-net i, corrected against i - 1).
 GC_COLUMNS = ("steps", "corrected_steps", "products", "negative", "positive", "cosine_sum")
 
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
     """What `ast_step` needs to know about the model (static: fixed for a trace).
@@ -82,6 +83,13 @@ class StepResult:
     finite: object
 
 
+def step_flops(config, batch, densities, dense_backward=False):
+    """`cost.step_flops` of a pass of `batch` examples through the model `config` describes,
+    with the pruned layers at `densities`."""
+    return cost.step_flops(ops.cast(batch, "float64"), float(config.dense_macs),
+                           [float(m) for m in config.sparse_macs], densities, dense_backward)
+
+
 def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, subnet, batch,
              finite=True, agent_terms=None):
     """One AST step of sub-net `subnet` on tensors (module docstring, steps 1-4).
@@ -127,14 +135,12 @@ def ast_step(config, grads, dense, extras, masks, rows, weights, refs, step, sub
     dense_backward = False
     if updater is not None and updater.needs_dense_gradient:
         dense_backward = updated
-    flops = cost.step_flops(ops.cast(batch, "float64"), float(config.dense_macs),
-                            [float(m) for m in config.sparse_macs], densities, dense_backward)
+    flops = step_flops(config, batch, densities, dense_backward)
     if agent_terms is not None:  # AGENT (before GC): g~ = g + c (mu~_k - q) on m_k
         grads = [g + ops.cast(t, g.dtype) * ops.cast(m, g.dtype)
                  for g, t, m in zip(grads, agent_terms, masks)]
-        flops = flops + cost.step_flops(  # q: one more forward + backward at the snapshot
-            ops.cast(batch, "float64"), float(config.dense_macs),
-            [float(m) for m in config.sparse_macs], densities)
+        # q: one more forward and backward pass at the snapshot
+        flops = flops + step_flops(config, batch, densities)
     new_refs, gc_stats = None, None
     gc_row = ops.zeros((len(GC_COLUMNS),), "float64")
     if config.gc != "off" and config.num_subnets > 1:

@@ -25,7 +25,8 @@ def forward_backward(model, x, y, sample_weight, subnet, variables):
 
 def stateless_gradients(model, values, subnet, x, y, sample_weight, gradients=True):
     """Loss of sub-net `subnet` on a batch with the trainable variables replaced by `values`
-    (one tensor each, in ``model.trainable_variables`` order), and its gradients with respect to
+    (one tensor or variable each, in ``model.trainable_variables`` order: their values are
+    read once), and its gradients with respect to
     them (None when `gradients` is False). Runs in a ``keras.StatelessScope``: nothing the
     forward pass assigns (BatchNorm moving statistics, metrics) reaches the model (AGENT's
     snapshot passes, keras_ast/agent.py)."""

@@ -168,12 +168,13 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
     `training` is "dense") under `strategy` and trains it with `resume_fit` (checkpoints in
     `backup_dir`; with --resume it continues the run saved there). Returns (model, the step it
     resumed from, seconds spent in training)."""
+    agent = None if training == "dense" else _agent(flags)
     with strategy.scope():
         plain = build_plain_model(flags, info)
         model = plain if training == "dense" else keras_ast.ASTModel.from_model(
             plain, sparsities, dense_layers=models.dense_layers(flags.model),
             gc="off" if training == "joint" else flags.gc, gc_reference=flags.gc_reference,
-            training=training, nm=patterns, agent=_agent(flags),
+            training=training, nm=patterns, agent=agent,
             **fidelity.preset(getattr(flags, "preset", "default")).model,
         )
         if flags.distribution != "none":
@@ -185,7 +186,7 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
         )
     prune = ([] if training == "dense"
              else [_prune_callback(flags, len(sparsities), source.steps_per_epoch)])
-    if _agent(flags) is not None and training != "dense":  # the epoch's own batches
+    if agent is not None:  # the pass over the epoch's own batches
         callbacks = [keras_ast.AgentPass(lambda epoch: source.epochs(epoch, epoch + 1)),
                      *callbacks]
     config = run_config(flags, training, prune[0].updater if prune else None)

@@ -116,7 +116,8 @@ flags.DEFINE_bool("export", True, "Write a SavedModel per sub-net to <output_dir
                   "(--noexport: skip; measured_sparsity then comes from the in-memory masks).")
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files to <output_dir>/logs.")
 
-# ---- Distributed training and fault tolerance (docs/distributed.md). Checkpoints go to --backup_dir; --resume continues a killed run exactly.
+# ---- Distributed training and fault tolerance (docs/distributed.md). Checkpoints go to
+# --backup_dir; --resume continues a killed run exactly.
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 flags.DEFINE_string("distribution", "none",
                     "none (one device), mirrored (tf.distribute.MirroredStrategy over all local "
@@ -169,7 +170,8 @@ def check_flags():
                             "default, does not exist)")
     elif FLAGS.dataset != "digits":
         if not FLAGS.data_dir:
-            raise FlagError(f"--dataset={FLAGS.dataset} needs --data_dir (see docs/launcher.md, Data)")
+            raise FlagError(f"--dataset={FLAGS.dataset} needs --data_dir (see docs/launcher.md, "
+                            "Data)")
         if not os.path.isdir(FLAGS.data_dir):
             raise FlagError(f"--data_dir={FLAGS.data_dir} does not exist")
     for name in ("epochs", "batch_size"):
