@@ -24,6 +24,11 @@ def _launch(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _error_lines(result):
+    """The `error:` lines a launcher run printed to stderr."""
+    return [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+
+
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run1")
@@ -82,7 +87,7 @@ def test_saved_models_predict_like_the_in_memory_subnets(default_run):
 def test_bad_flags_fail_with_one_line(args, message, tmp_path):
     result = _launch(*args, f"--output_dir={tmp_path}/out", timeout=120)
     assert result.returncode != 0
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    lines = _error_lines(result)
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert not (tmp_path / "out").exists()  # nothing was built
 
@@ -92,7 +97,7 @@ def test_schedule_that_cannot_fit_the_run_fails_with_one_line(tmp_path):
     68.75 %) cannot reach the final sparsity; the run stops before any step, with one line."""
     result = _launch("--epochs=2", f"--output_dir={tmp_path}/out", timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    lines = _error_lines(result)
     assert len(lines) == 1 and "would reach its final sparsity" in lines[0]
     assert "--update_frequency" in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "summary.json").exists()
@@ -112,7 +117,7 @@ def test_image_folder_errors_are_one_line(tmp_path):
     result = _launch("--dataset=image_folder", f"--data_dir={tmp_path}/data",
                      f"--output_dir={tmp_path}/out", timeout=120)
     assert result.returncode == 2
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    lines = _error_lines(result)
     assert len(lines) == 1 and f"{tmp_path}/data/train/a holds no image" in lines[0]
     assert "Traceback" not in result.stderr
 
@@ -143,7 +148,8 @@ BAD_FLAGS = [
     (["--dataset=image_folder", "--data_dir={DATA}/none"], "--data_dir={DATA}/none does not exist"),
     (["--dataset=image_folder", "--data_dir={DATA}", "--image_size=0,8"],
      "--image_size=0,8: give two positive integers H,W"),
-    (["--dataset=image_folder", "--data_dir={DATA}", "--augment=maybe"], "unknown --augment='maybe'"),
+    (["--dataset=image_folder", "--data_dir={DATA}", "--augment=maybe"],
+     "unknown --augment='maybe'"),
     (["--dataset=image_folder", "--data_dir={DATA}", "--train_subset=0"],
      "--train_subset must be >= 1"),
     (["--model=vgg"], "unknown --model='vgg'"),
@@ -228,7 +234,7 @@ def test_a_value_absl_cannot_parse_is_one_error_line(tmp_path):
                          ("--steps=3", "error: Unknown command line flag 'steps'")):
         result = _launch(arg, f"--output_dir={tmp_path}/out", timeout=120)
         assert result.returncode == 2, result.stderr[-2000:]
-        lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+        lines = _error_lines(result)
         assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
         assert "Traceback" not in result.stderr
 
@@ -236,6 +242,6 @@ def test_a_value_absl_cannot_parse_is_one_error_line(tmp_path):
 def test_bad_lr_prints_one_error_line_and_exits_2(tmp_path):
     result = _launch("--lr=-1", f"--output_dir={tmp_path}/out", timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    lines = _error_lines(result)
     assert lines == ["error: --lr must be > 0, got -1.0"], result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -28,6 +28,17 @@ class _Snapshots(keras.callbacks.Callback):
         self.steps.append(self._snap())
 
 
+def _assert_only_counters_moved(before, after):
+    """Between two snapshots only the counters moved: the step counter, the active sub-net, the
+    optimizer's iteration, nonfinite_steps and the FLOPs / examples trained (the work was
+    done)."""
+    changed = sorted(k for k in before
+                     if not np.array_equal(before[k], after[k], equal_nan=True))
+    assert set(changed) <= {"ast_model/iteration", "ast_model/active_subnet", "ast_sgd/iteration",
+                            "ast_model/train_flops", "ast_model/train_examples",
+                            "ast_model/nonfinite_steps"}, changed
+
+
 def test_a_step_with_nan_gradients_changes_nothing_and_is_counted(digits_batches):
     x, y = digits_batches
     x = x.copy()
@@ -39,14 +50,7 @@ def test_a_step_with_nan_gradients_changes_nothing_and_is_counted(digits_batches
     snaps = _Snapshots()
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False,
                         callbacks=[prune, snaps])
-    before, after = snaps.steps[2], snaps.steps[3]  # around step 2
-    changed = sorted(k for k in before
-                     if not np.array_equal(before[k], after[k], equal_nan=True))
-    # Only the counters move: the step counter, the active sub-net, the optimizer's iteration,
-    # nonfinite_steps and the FLOPs / examples trained (the work was done).
-    assert set(changed) <= {"ast_model/iteration", "ast_model/active_subnet", "ast_sgd/iteration",
-                            "ast_model/train_flops", "ast_model/train_examples",
-                            "ast_model/nonfinite_steps"}, changed
+    _assert_only_counters_moved(snaps.steps[2], snaps.steps[3])  # around step 2
     assert int(model.nonfinite_steps.numpy()) == 2
     for path, value in snaps.steps[-1].items():
         assert np.all(np.isfinite(value)), path
@@ -121,12 +125,7 @@ def test_joint_training_one_nonfinite_subnet_stops_every_subnets_update(digits_b
     prune = keras_ast.PruneRegrow(frequency=6, adjustment_period=1, end_step=12)
     snaps = _Snapshots()
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False, callbacks=[prune, snaps])
-    before, after = snaps.steps[6], snaps.steps[7]  # around step 6
-    changed = sorted(k for k in before
-                     if not np.array_equal(before[k], after[k], equal_nan=True))
-    assert set(changed) <= {"ast_model/iteration", "ast_model/active_subnet", "ast_sgd/iteration",
-                            "ast_model/train_flops", "ast_model/train_examples",
-                            "ast_model/nonfinite_steps"}, changed
+    _assert_only_counters_moved(snaps.steps[6], snaps.steps[7])  # around step 6
     assert int(model.nonfinite_steps.numpy()) == 1
     # Sub-net 0's masks do change at its next update (step 12), so step 6's was due.
     masks = [s["conv1/masks"][0] for s in snaps.steps]
