@@ -30,6 +30,7 @@ from keras_ast.nm import NMPattern, parse_nm, parse_nm_list  # noqa: E402
 from keras_ast.optimizers import SGD  # noqa: E402
 from keras_ast.schedules import CosineDecay, CubicGroupFraction, CubicSparsity  # noqa: E402
 from keras_ast.sparsify import sparsify  # noqa: E402
+from keras_ast.suptickets import SupTickets, SupTicketsSchedule  # noqa: E402
 from keras_ast import fidelity, updaters  # noqa: E402
 
 __version__ = "0.1.0"
@@ -50,6 +51,8 @@ __all__ = [
     "SparseDense",
     "SparseDepthwiseConv2D",
     "SubnetValidation",
+    "SupTickets",
+    "SupTicketsSchedule",
     "SwitchableBatchNormalization",
     "fidelity",
     "parse_nm",

@@ -10,8 +10,10 @@ directory:
   drives the learning-rate schedule, and the momentum slots);
 - ``ckpt-<N>.rng.npz``: the Keras seed-generator states (dropout and other in-model random
   ops), which ``save_weights`` leaves out;
+- ``ckpt-<N>.state.npz`` (only with callbacks that hold state of their own, such as
+  `keras_ast.SupTickets`' superposed models): their arrays;
 - ``ckpt-<N>.json``: the manifest, written last: step, epoch and batch, steps per epoch, a
-  fingerprint of the variables (paths, shapes, dtypes), and the size and SHA-256 of both files.
+  fingerprint of the variables (paths, shapes, dtypes), and the size and SHA-256 of the files.
 
 `PruneRegrow` and the learning-rate schedules hold no state beyond their configuration and
 those counters, and the data order is a function of (seed, epoch) (`keras_ast.data.stream`),
@@ -72,6 +74,10 @@ class CheckpointFiles:
     @property
     def rng(self):
         return self.path(".rng.npz")
+
+    @property
+    def state(self):
+        return self.path(".state.npz")
 
 
 def _dotted(config, prefix=""):
@@ -134,10 +140,14 @@ class BackupAndRestore(keras.callbacks.Callback):
         the trajectory: seed, schedule, learning rate, updater, gradient correction, ...),
         stored in every manifest; restoring a checkpoint written under another configuration
         raises `CheckpointError` naming the settings that differ.
+      states: callbacks whose own state belongs in the checkpoint (`keras_ast.SupTickets`;
+        `resume_fit` adds those among its callbacks). Each has a ``checkpoint_name``, a
+        ``checkpoint_state()`` returning a dict of NumPy arrays and a
+        ``restore_checkpoint_state(arrays, model)``.
     """
 
     def __init__(self, backup_dir, save_every=None, keep=2, save_on_epoch_end=True,
-                 writer=None, verbose=1, config=None):
+                 writer=None, verbose=1, config=None, states=()):
         super().__init__()
         if not backup_dir:
             raise ValueError("backup_dir must name a directory")
@@ -152,6 +162,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.writer = writer
         self.verbose = verbose
         self.config = None if config is None else json.loads(json.dumps(config, sort_keys=True))
+        self.states = list(states)
         self.steps_per_epoch = None
         self.restored_step = None  # set by restore()
         self._step = 0
@@ -182,7 +193,17 @@ class BackupAndRestore(keras.callbacks.Callback):
             raise ValueError(f"unreadable manifest {files.manifest}: {error}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ValueError(f"{files.manifest} is not a keras_ast checkpoint manifest")
-        for key, path in (("weights", files.weights), ("rng", files.rng)):
+        stored_states = manifest.get("states", [])
+        missing = [s.checkpoint_name for s in self.states
+                   if s.checkpoint_name not in stored_states]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint {files.manifest} holds no state of {missing} (written by a run "
+                "without those callbacks); resume with the original settings")
+        paths = [("weights", files.weights), ("rng", files.rng)]
+        if stored_states:
+            paths.append(("state", files.state))
+        for key, path in paths:
             expected = manifest.get("files", {}).get(key)
             if not os.path.isfile(path):
                 raise ValueError(f"{path} is missing")
@@ -235,6 +256,14 @@ class BackupAndRestore(keras.callbacks.Callback):
                 with np.load(files.rng) as rng:
                     for i, variable in enumerate(_rng_variables(model)):
                         variable.assign(rng[str(i)])
+                if self.states:
+                    with np.load(files.state) as stored:
+                        arrays = {key: stored[key] for key in stored.files}
+                    for owner in self.states:
+                        prefix = owner.checkpoint_name + "/"
+                        owner.restore_checkpoint_state(
+                            {k[len(prefix):]: v for k, v in arrays.items()
+                             if k.startswith(prefix)}, model)
             except CheckpointError:
                 raise
             except Exception as error:  # noqa: BLE001 - any failure to read means "bad file"
@@ -279,8 +308,18 @@ class BackupAndRestore(keras.callbacks.Callback):
             with open(tmp, "wb") as f:
                 np.savez(f, **{str(i): np.asarray(v)
                                for i, v in enumerate(_rng_variables(model))})
+        if self.states:
+            arrays = {f"{owner.checkpoint_name}/{key}": np.asarray(value)
+                      for owner in self.states
+                      for key, value in owner.checkpoint_state().items()}
+            with atomic_output(files.state) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **arrays)
         epoch, batch = divmod(step, self.steps_per_epoch) if self.steps_per_epoch else (None,
                                                                                         None)
+        digests = {"weights": _digest(files.weights), "rng": _digest(files.rng)}
+        if self.states:
+            digests["state"] = _digest(files.state)
         write_json(files.manifest, {
             "format": FORMAT,
             "step": step,
@@ -289,11 +328,12 @@ class BackupAndRestore(keras.callbacks.Callback):
             "steps_per_epoch": self.steps_per_epoch,
             "fingerprint": fingerprint(model),
             "config": self.config,
-            "files": {"weights": _digest(files.weights), "rng": _digest(files.rng)},
+            "files": digests,
+            "states": [owner.checkpoint_name for owner in self.states],
             "time": time.time(),
         })
         for old in self.checkpoints()[self.keep:]:
-            for path in (old.manifest, old.weights, old.rng):
+            for path in (old.manifest, old.weights, old.rng, old.state):
                 remove(path)
         self._saved_step = step
         return files
@@ -360,6 +400,9 @@ def resume_fit(model, source, epochs, backup, callbacks=(), strategy=None, **fit
     strategy = strategy or model.distribute_strategy
     steps = source.steps_per_epoch
     backup.steps_per_epoch = steps
+    for owner in callbacks:  # callbacks with state of their own: in the checkpoints too
+        if hasattr(owner, "checkpoint_state") and owner not in backup.states:
+            backup.states.append(owner)
     start = backup.restore(model)
     total = epochs * steps
     updaters = [c.updater for c in callbacks if isinstance(c, PruneRegrow)]
@@ -371,7 +414,10 @@ def resume_fit(model, source, epochs, backup, callbacks=(), strategy=None, **fit
     fit_kwargs.setdefault("shuffle", False)  # the order is the source's
     histories = []
     epoch, done = divmod(start, steps)
-    callbacks = [backup, *callbacks]
+    # Callbacks with state of their own first: what they change at a step's end is in a
+    # checkpoint written at that step.
+    callbacks = ([c for c in callbacks if c in backup.states] + [backup]
+                 + [c for c in callbacks if c not in backup.states])
     try:
         if done and epoch < epochs:  # the rest of the interrupted epoch, shown as that epoch
             histories.append(model.fit(

@@ -171,3 +171,11 @@ def set_gradient_all_reduce(optimizer, function):
 def in_multi_worker_mode(strategy):
     """Whether a MultiWorkerMirroredStrategy spans more than one worker (TensorFlow)."""
     return strategy.extended._in_multi_worker_mode()
+
+
+def learning_rate_schedule(optimizer):
+    """The `LearningRateSchedule` an optimizer was built with (None for a constant rate): its
+    public ``learning_rate`` returns only the current value."""
+    schedule = getattr(optimizer, "_learning_rate", None)
+    return schedule if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) \
+        else None

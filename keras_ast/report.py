@@ -204,6 +204,7 @@ def summarize(run, metric="accuracy"):
         "gc_statistics": {str(i): v for i, v in gc_totals(run).items()},
         "training_flops": flops["flops"],
         "dense_training_flops": flops["dense_flops"],
+        "sup_tickets": sup_tickets_cycles(run, metric),
     }
 
 
@@ -416,7 +417,32 @@ def _markdown(run, numbers, metric):
         lines.append(f"No inner products recorded (gc=`{numbers['gc']}`).")
     lines += ["", "![gradient inner products](gc_inner_products.png)", "",
               "## Training FLOPs", "", "![training FLOPs](training_flops.png)", ""]
+    cycles = numbers.get("sup_tickets") or []
+    if cycles:
+        lines += ["## Sup-tickets", "",
+                  f"Per cycle (at its last epoch), test {metric} of each sub-net's last ticket "
+                  "and of its superposed model before and after BatchNorm recalibration.", "",
+                  "| epoch | sub-net | ticket | superposed, before BN recalibration | "
+                  "superposed |", "| --- | --- | --- | --- | --- |"]
+        for c in cycles:
+            lines.append(f"| {c['epoch']} | {c['subnet']} | {_pct(c['ticket'])} | "
+                         f"{_pct(c['superposed_before_bn'])} | {_pct(c['superposed'])} |")
+        lines.append("")
     return "\n".join(lines)
+
+
+def sup_tickets_cycles(run, metric="accuracy"):
+    """[{epoch, subnet, ticket, superposed_before_bn, superposed}] from the epoch logs
+    `keras_ast.SupTickets` fills at each cycle end (empty for a run without it)."""
+    rows = []
+    for record in run.history:
+        logs = record.get("logs", {})
+        for k in range(run.num_subnets):
+            if f"superposed_{metric}_{k}" in logs:
+                rows.append({"epoch": record["epoch"], "subnet": k,
+                             **{key: logs.get(f"{key}_{metric}_{k}")
+                                for key in ("ticket", "superposed_before_bn", "superposed")}})
+    return rows
 
 
 def write_report(run_dir, output_dir=None, metric="accuracy"):

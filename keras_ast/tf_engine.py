@@ -48,6 +48,22 @@ def stateless_gradients(model, values, subnet, x, y, sample_weight, gradients=Tr
                   for g in grads]
 
 
+def stateless_dense_gradients(model, subnet, x, y, sample_weight=None):
+    """Sub-net `subnet`'s dense kernel gradients dL/d(W*m_k) on a batch, one per sparse layer
+    (every entry, as a regrowth by gradient reads them), from a forward pass in training mode
+    inside a ``keras.StatelessScope``: no BatchNorm statistic or metric of the model moves."""
+    import keras
+
+    mapping = [(model.active_subnet, ops.cast(subnet, model.active_subnet.dtype))]
+    with tf.GradientTape() as tape, ast_layers.recording_masked_kernels() as records:
+        with keras.StatelessScope(state_mapping=mapping):
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                      training=True)
+    grads = tape.gradient(loss, [product for _, product, _ in records])
+    return [dense for _, dense in model._recorded(subnet, records, grads)]
+
+
 def function(fn):
     """`fn` compiled as a tf.function (for the model's own loops, such as AGENT's pass)."""
     return tf.function(fn)

@@ -8,19 +8,22 @@ import shutil
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import keras_ast
-from keras_ast import atomic, checkpoint, distribute, export, fidelity, models, nm, updaters
+from keras_ast import (atomic, checkpoint, distribute, export, fidelity, models, nm,
+                       suptickets, updaters)
 from keras_ast import data as data_lib
 
 NM_NOTATION = ("N:M = N zeros in every group of M consecutive input channels (the AST "
                "paper's notation; NVIDIA's N counts non-zeros)")
 
 
-def learning_rate(flags, steps_per_epoch):
-    """Cosine (or x0.1 steps at 50% / 75%) decay after an optional linear warm-up."""
-    total = flags.epochs * steps_per_epoch
+def learning_rate(flags, steps_per_epoch, epochs=None):
+    """Cosine (or x0.1 steps at 50% / 75%) decay after an optional linear warm-up, over
+    `epochs` (default --epochs)."""
+    total = (epochs or flags.epochs) * steps_per_epoch
     warmup = flags.warmup_epochs * steps_per_epoch
     if flags.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
@@ -43,9 +46,11 @@ def updater_name(flags):
     return name
 
 
-def _prune_callback(flags, num_subnets, steps_per_epoch):
+def _prune_callback(flags, num_subnets, steps_per_epoch, phase_epochs=None):
     """The --updater's `PruneRegrow`: granet / nested are GraNet (--prune_mode=subset is
-    nested), rigl / set / static come from `keras_ast.updaters` with --density."""
+    nested), rigl / set / static come from `keras_ast.updaters` with --density. Its default
+    end of pruning is 68.75% of `phase_epochs` (the epochs with mask updates: --epochs, or
+    Sup-tickets' first phase)."""
     updater = getattr(flags, "updater", "granet")
     total = flags.epochs * steps_per_epoch
     frequency = flags.update_frequency or max(4 * num_subnets, steps_per_epoch)
@@ -64,7 +69,7 @@ def _prune_callback(flags, num_subnets, steps_per_epoch):
         ))
     end_epoch = flags.prune_end_epoch
     if end_epoch is None:
-        end_epoch = 0.6875 * flags.epochs
+        end_epoch = 0.6875 * (phase_epochs or flags.epochs)
     end = max(begin + 1, int(end_epoch * steps_per_epoch))
     options = fidelity.preset(getattr(flags, "preset", "default")).updater
     if options["offset_unit"] == "subnet" and flags.adjustment_period is None:
@@ -147,7 +152,8 @@ TRAJECTORY_FLAGS = (
     "gc_reference", "preset", "epochs", "batch_size", "lr", "lr_schedule", "warmup_epochs",
     "momentum", "weight_decay", "label_smoothing", "update_frequency", "adjustment_period",
     "prune_start_epoch", "prune_end_epoch", "seed", "nm", "nm_counts", "sync_batchnorm",
-    "agent", "agent_alpha", "agent_gamma", "agent_tau0",
+    "agent", "agent_alpha", "agent_gamma", "agent_tau0", "sup_tickets", "cycle_epochs",
+    "cycle_rate", "cycle_lr", "superpose", "cima_factor", "reexplore", "bn_batches",
 )
 
 
@@ -163,12 +169,20 @@ def run_config(flags, training, updater):
 
 
 def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
-              training="alternating", patterns=None, callbacks=()):
+              training="alternating", patterns=None, callbacks=(), test=None):
     """Builds and compiles one ASTModel (N:M `patterns` if given; the plain model when
     `training` is "dense") under `strategy` and trains it with `resume_fit` (checkpoints in
     `backup_dir`; with --resume it continues the run saved there). Returns (model, the step it
-    resumed from, seconds spent in training)."""
+    resumed from, seconds spent in training, its `keras_ast.SupTickets` or None)."""
     agent = None if training == "dense" else _agent(flags)
+    steps = source.steps_per_epoch
+    schedule, phase_epochs = learning_rate(flags, steps), None
+    if training != "dense" and getattr(flags, "sup_tickets", False):
+        phase_epochs = suptickets.budget_split(flags.epochs, flags.cycle_rate,
+                                               flags.cycle_epochs)[0]
+        schedule = keras_ast.SupTicketsSchedule.from_budget(
+            learning_rate(flags, steps, phase_epochs), flags.epochs, steps,
+            flags.cycle_epochs, flags.cycle_rate, *(float(v) for v in flags.cycle_lr))
     with strategy.scope():
         plain = build_plain_model(flags, info)
         model = plain if training == "dense" else keras_ast.ASTModel.from_model(
@@ -180,15 +194,21 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
         if flags.distribution != "none":
             distribute.set_synchronized_batchnorm(model, flags.sync_batchnorm)
         model.compile(
-            optimizer=keras_ast.SGD(learning_rate(flags, source.steps_per_epoch),
-                                    momentum=flags.momentum, l2=flags.weight_decay),
+            optimizer=keras_ast.SGD(schedule, momentum=flags.momentum, l2=flags.weight_decay),
             loss=loss, metrics=["accuracy"], jit_compile=flags.jit_compile,
         )
     prune = ([] if training == "dense"
-             else [_prune_callback(flags, len(sparsities), source.steps_per_epoch)])
+             else [_prune_callback(flags, len(sparsities), steps, phase_epochs)])
+    epoch_batches = lambda epoch: source.epochs(epoch, epoch + 1)  # noqa: E731
     if agent is not None:  # the pass over the epoch's own batches
-        callbacks = [keras_ast.AgentPass(lambda epoch: source.epochs(epoch, epoch + 1)),
-                     *callbacks]
+        callbacks = [keras_ast.AgentPass(epoch_batches), *callbacks]
+    sup = None
+    if phase_epochs is not None:  # before the monitors: its cycle results go in the logs
+        sup = keras_ast.SupTickets(
+            schedule, epoch_batches, validation_data=test, reexplore=flags.reexplore,
+            superpose=flags.superpose, cima_factor=flags.cima_factor,
+            bn_batches=flags.bn_batches or None, verbose=1)
+        callbacks = [sup, *callbacks]
     config = run_config(flags, training, prune[0].updater if prune else None)
     backup = checkpoint.BackupAndRestore(backup_dir, save_every=flags.checkpoint_every,
                                          keep=flags.keep_checkpoints, config=config)
@@ -198,7 +218,7 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
     start, _ = checkpoint.resume_fit(
         model, source, flags.epochs, backup, strategy=strategy, verbose=flags.verbose,
         shuffle=False, callbacks=[*prune, *callbacks])
-    return model, start, time.perf_counter() - began
+    return model, start, time.perf_counter() - began, sup
 
 
 def _agent(flags):
@@ -247,19 +267,20 @@ def run(flags, sparsities):
         monitor = (_dense_monitor(flags, chief) if flags.mode == "dense"
                    else _monitor_callbacks(flags, test, flags.output_dir, chief))
         runs = [(*train_ast(flags, sparsities, source, info, loss, strategy,
-                            backup_dirs(flags, 1)[0], training, patterns, monitor), None)]
+                            backup_dirs(flags, 1)[0], training, patterns, monitor, test), None)]
     else:  # individual: one K=1 run per sparsity, exported as subnet_<k>
         run_dirs = [os.path.join(flags.output_dir, f"individual_{k}")
                     for k in range(len(sparsities))]
         dirs = backup_dirs(flags, len(sparsities))
         runs = [(*train_ast(flags, [s], source, info, loss, strategy, dirs[k],
                             patterns=None if patterns is None else [patterns[k]],
-                            callbacks=_monitor_callbacks(flags, test, run_dir, chief)), k)
+                            callbacks=_monitor_callbacks(flags, test, run_dir, chief),
+                            test=test), k)
                 for k, (s, run_dir) in enumerate(zip(sparsities, run_dirs))]
     entries = []
     total_flops = 0.0
     examples = flags.epochs * steps_per_epoch * flags.batch_size
-    for model, _, _, index in runs:
+    for model, _, _, sup, index in runs:
         if flags.mode == "dense":
             entries.append(_dense_entry(flags, model, test, examples, export_dir, chief))
             total_flops += entries[-1]["training_flops"]
@@ -294,6 +315,8 @@ def run(flags, sparsities):
                 "loss": metrics["loss"],
                 "export_path": path,
                 **(_nm_entry(model, k, path) if path is not None else {}),
+                **(_superposed_entry(flags, model, sup, k, subnet, export_dir)
+                   if sup is not None else {}),
             })
         name = "model.keras" if index is None else f"model_subnet{index}.keras"
         with atomic.atomic_output(os.path.join(flags.output_dir, name)) as tmp:
@@ -318,10 +341,10 @@ def run(flags, sparsities):
         "batch_size": flags.batch_size,
         "seed": flags.seed,
         # 0 for a run trained in one go; else the checkpoint step(s) it was resumed from.
-        "resumed_from_step": [start for _, start, _, _ in runs],
+        "resumed_from_step": [start for _, start, _, _, _ in runs],
         # Wall-clock seconds of training (fit, with mask updates and per-epoch evaluation; not
         # data loading or export), per training run; of the last process only after a resume.
-        "train_seconds": [seconds for _, _, seconds, _ in runs],
+        "train_seconds": [seconds for _, _, seconds, _, _ in runs],
         # docs/design.md section 8: the whole run (all sub-nets), and the same steps trained dense.
         "training_flops": total_flops,
         "dense_training_flops": dense_flops,
@@ -331,9 +354,52 @@ def run(flags, sparsities):
     }
     if patterns is not None:
         summary["nm_notation"] = NM_NOTATION
+    sups = [sup for _, _, _, sup, _ in runs if sup is not None]
+    if sups:
+        summary["sup_tickets"] = {
+            "cycle_epochs": flags.cycle_epochs, "cycle_rate": flags.cycle_rate,
+            "cycle_lr": [float(v) for v in flags.cycle_lr], "superpose": flags.superpose,
+            "reexplore": flags.reexplore, "first_phase_epochs": suptickets.budget_split(
+                flags.epochs, flags.cycle_rate, flags.cycle_epochs)[0],
+            "num_cycles": sups[0].schedule.num_cycles,
+            "events": [sup.results for sup in sups],  # one list per training run
+        }
     atomic.write_json(os.path.join(flags.output_dir, "summary.json"), summary)
     shutil.rmtree(backup_root(flags), ignore_errors=True)  # the run is complete
     return summary
+
+
+def _superposed_entry(flags, model, sup, k, subnet, export_dir):
+    """summary.json fields of sub-net k's Sup-tickets superposed model (saved as
+    superposed_<subnet>.keras, exported as export/superposed_<subnet>): its accuracy before and
+    after BN recalibration beside the last ticket's, its sparsity and files."""
+    superposed = sup.superposed(k)
+    if superposed is None:
+        return {}
+    last = sup.summary()["subnets"]
+    entry = last[k] if k < len(last) else {}
+    name = f"superposed_{subnet}"
+    with atomic.atomic_output(os.path.join(flags.output_dir, f"{name}.keras")) as tmp:
+        superposed.save(tmp)
+    path = None
+    if flags.export:
+        path = os.path.join(export_dir, name)
+        with atomic.atomic_output(path) as tmp:
+            superposed.export(tmp, verbose=False)
+    kernels = [superposed.get_layer(layer.name).kernel for layer in model.sparse_layers]
+    zeros = sum(int((keras.ops.convert_to_numpy(w) == 0).sum()) for w in kernels)
+
+    def accuracy(key):
+        return (entry.get(key) or {}).get("accuracy")
+
+    return {"superposed": {
+        "accuracy": accuracy("superposed"),
+        "accuracy_before_bn": accuracy("superposed_before_bn"),
+        "last_ticket_accuracy": accuracy("ticket"),
+        "measured_sparsity": zeros / sum(int(np.prod(w.shape)) for w in kernels),
+        "keras_path": os.path.join(flags.output_dir, f"{name}.keras"),
+        "export_path": path,
+    }}
 
 
 def _dense_entry(flags, model, test, examples, export_dir, chief):
@@ -370,25 +436,39 @@ def _nm_entry(model, k, path):
     }
 
 
+def _percent(value):
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
 def format_table(summary):
     """The per-sub-net result table printed at the end of a run."""
     structured = "nm_notation" in summary
+    superposed = "sup_tickets" in summary
     nm_head = f" {'N:M':>6} {'N:M check':>10}" if structured else ""
+    sup_head = f" {'superposed':>11} {'(before BN)':>11}" if superposed else ""
     rows = [f"{'sub-net':>7}{nm_head} {'target':>8} {'measured':>9} {'overall':>8} "
-            f"{'accuracy':>9} {'train FLOPs':>12}"]
+            f"{'accuracy':>9}{sup_head} {'train FLOPs':>12}"]
     for e in summary["subnets"]:
         nm_cols = ""
         if structured:
             check = e["nm_check"]
             verdict = "ok" if check["satisfied"] else f"{check['violating_groups']} bad"
             nm_cols = f" {e['nm_pattern']['pattern']:>6} {verdict:>10}"
+        sup_cols = ""
+        if superposed:
+            sup = e.get("superposed", {})
+            sup_cols = "".join(f" {_percent(sup.get(key)):>11}"
+                               for key in ("accuracy", "accuracy_before_bn"))
         rows.append(
             f"{e['subnet']:>7}{nm_cols} {100 * e['target_sparsity']:7.2f}% "
             f"{100 * e['measured_sparsity']:8.2f}% {100 * e['overall_sparsity']:7.2f}% "
-            f"{100 * e['accuracy']:8.2f}% {e['training_flops']:12.4g}"
+            f"{100 * e['accuracy']:8.2f}%{sup_cols} {e['training_flops']:12.4g}"
         )
     if structured:
         rows.append(summary["nm_notation"])
+    if superposed:
+        rows.append("accuracy: the last ticket (the trained model); superposed: Sup-tickets' "
+                    "model of each sub-net, after (and before) BatchNorm recalibration")
     total, dense = summary["training_flops"], summary["dense_training_flops"]
     rows.append(f"training FLOPs ({summary['mode']}): {total:.4g} in all; the same steps "
                 f"trained dense: {dense:.4g} ({total / dense:.3f}x)")

@@ -76,6 +76,24 @@ flags.DEFINE_float("agent_alpha", 0.3, "AGENT: forgetting rate of tau's average,
 flags.DEFINE_float("agent_gamma", 0.1, "AGENT: scale of the control variate, c = gamma * tau "
                    "(>= 0).")
 flags.DEFINE_float("agent_tau0", 0.1, "AGENT: the starting value of tau's average.")
+flags.DEFINE_bool("sup_tickets", False, "Sup-tickets (keras_ast.SupTickets, docs/suptickets.md): "
+                  "the last --cycle_rate of the epochs in cycles of --cycle_epochs with a "
+                  "triangular learning rate and no mask updates, each sub-net's tickets "
+                  "superposed into one sparse model per sub-net.")
+flags.DEFINE_integer("cycle_epochs", 1, "Sup-tickets: epochs per cycle (C; the code's CIFAR "
+                     "runs: 8 of 250 epochs).")
+flags.DEFINE_float("cycle_rate", 0.1, "Sup-tickets: share of --epochs spent in cycles, rounded "
+                   "down to whole cycles (the code's rho).")
+flags.DEFINE_list("cycle_lr", ["0.001", "0.005"], "Sup-tickets: the cycles' learning rate at "
+                  "their start/end and at their middle (lr_1,lr_2).")
+SUPERPOSE = ("caa", "cima")
+flags.DEFINE_string("superpose", "caa", "Sup-tickets: caa (the mean of the tickets) or cima "
+                    "(exponential average with --cima_factor).")
+flags.DEFINE_float("cima_factor", 0.5, "Sup-tickets: CIMA's weight of the newest ticket, (0, 1].")
+flags.DEFINE_float("reexplore", 0.5, "Sup-tickets: fraction of each layer's weights removed and "
+                   "regrown at every cycle start, in [0, 1).")
+flags.DEFINE_integer("bn_batches", 0, "Sup-tickets: training batches for the BatchNorm "
+                     "recalibration of the superposed models (0: one epoch).")
 flags.DEFINE_integer("epochs", 30, "Training epochs.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_float("lr", 0.05, "Peak learning rate.")
@@ -241,9 +259,64 @@ def check_training_flags(sparsities):
     for name in ("agent_alpha", "agent_gamma", "agent_tau0"):
         if FLAGS[name].present and not FLAGS.agent:
             raise FlagError(f"--{name} applies with --agent only")
+    check_sup_tickets_flags()
     if FLAGS.gc_reference not in GC_REFERENCES:
         raise FlagError(f"unknown --gc_reference={FLAGS.gc_reference!r}; use one of "
                         f"{', '.join(GC_REFERENCES)}")
+
+
+SUP_TICKETS_FLAGS = ("cycle_epochs", "cycle_rate", "cycle_lr", "superpose", "cima_factor",
+                     "reexplore", "bn_batches")
+
+
+def check_sup_tickets_flags():
+    """Validates --sup_tickets and its flags (the budget must give at least one cycle)."""
+    from keras_ast.suptickets import budget_split
+
+    if not FLAGS.sup_tickets:
+        for name in SUP_TICKETS_FLAGS:
+            if FLAGS[name].present:
+                raise FlagError(f"--{name} applies with --sup_tickets only")
+        return
+    if FLAGS.mode == "dense":
+        raise FlagError("--sup_tickets superposes the sub-nets' tickets; --mode=dense trains "
+                        "the plain model (leave out --sup_tickets)")
+    if FLAGS.nm is not None:
+        raise FlagError("--sup_tickets does not support --nm sub-nets (averaging tickets breaks "
+                        "the N:M pattern)")
+    if FLAGS.distribution != "none":
+        raise FlagError(f"--sup_tickets runs on one device for now; --distribution="
+                        f"{FLAGS.distribution} is not supported with it")
+    if FLAGS.cycle_epochs < 1:
+        raise FlagError(f"--cycle_epochs must be >= 1, got {FLAGS.cycle_epochs}")
+    if not 0.0 < FLAGS.cycle_rate < 1.0:
+        raise FlagError(f"--cycle_rate must be in (0, 1), got {FLAGS.cycle_rate}")
+    try:
+        pre, _, cycles = budget_split(FLAGS.epochs, FLAGS.cycle_rate, FLAGS.cycle_epochs)
+    except ValueError as error:
+        raise FlagError(f"--cycle_rate={FLAGS.cycle_rate} --cycle_epochs={FLAGS.cycle_epochs}: "
+                        f"{error}") from None
+    if cycles == 0:
+        raise FlagError(f"--epochs={FLAGS.epochs} x --cycle_rate={FLAGS.cycle_rate} is less "
+                        f"than one cycle of --cycle_epochs={FLAGS.cycle_epochs}: no cycle")
+    try:
+        rates = [float(v) for v in FLAGS.cycle_lr]
+    except ValueError:
+        rates = []
+    if len(rates) != 2 or not all(r > 0 and r < float("inf") for r in rates):
+        raise FlagError(f"--cycle_lr={','.join(FLAGS.cycle_lr)}: give two positive rates "
+                        "lr_1,lr_2")
+    if FLAGS.superpose not in SUPERPOSE:
+        raise FlagError(f"unknown --superpose={FLAGS.superpose!r}; use caa or cima")
+    if not 0.0 < FLAGS.cima_factor <= 1.0:
+        raise FlagError(f"--cima_factor must be in (0, 1], got {FLAGS.cima_factor}")
+    if not 0.0 <= FLAGS.reexplore < 1.0:
+        raise FlagError(f"--reexplore must be in [0, 1), got {FLAGS.reexplore}")
+    if FLAGS.bn_batches < 0:
+        raise FlagError(f"--bn_batches must be >= 0, got {FLAGS.bn_batches}")
+    if FLAGS.prune_end_epoch is not None and FLAGS.prune_end_epoch > pre:
+        raise FlagError(f"--prune_end_epoch={FLAGS.prune_end_epoch} is after the first phase "
+                        f"({pre} epochs, then {cycles} Sup-tickets cycles without mask updates)")
 
 
 def check_data_flags():

@@ -59,6 +59,9 @@ class MaskUpdater:
         self.total_steps = total_steps
         self.seed = seed
         self.verbose = verbose
+        # No update is due from this step on, and the schedules are built for a run that ends
+        # there (set by `keras_ast.SupTickets` to pause the updates during its cycles).
+        self.stop_step = None
         self.model = None
         self.schedules = None
         self.ratio_schedule = None
@@ -105,10 +108,14 @@ class MaskUpdater:
 
         Raises `ScheduleError` (a ValueError; ``fit`` calls this before any training step) if a
         sub-net could not reach its final sparsity within the run, if the timing would make two
-        sub-nets update together, or if a schedule argument is out of range.
+        sub-nets update together, or if a schedule argument is out of range. With a
+        `stop_step` the schedules are built for a run of ``min(total_steps, stop_step)`` steps.
         """
+        steps = total_steps
+        if self.stop_step is not None:
+            steps = min(int(total_steps), int(self.stop_step))
         try:
-            self._configure(total_steps)
+            self._configure(steps)
         except ScheduleError:
             raise
         except ValueError as error:
@@ -131,9 +138,12 @@ class MaskUpdater:
         """
         if not self.schedules:
             return ops.convert_to_tensor(False)
-        return ops.take(
+        due = ops.take(
             ops.stack([s.is_due(step, window=window) for s in self.schedules]), subnet
         )
+        if self.stop_step is None:
+            return due
+        return ops.logical_and(due, ops.cast(step, "int64") < int(self.stop_step))
 
     def new_masks(self, step, subnet, weights, rows, dense_grads):
         """Sub-net `subnet`'s mask update at `step`, a pure function of tensors.
@@ -171,6 +181,7 @@ class MaskUpdater:
         """What the compiled step depends on (a new value forces a new trace)."""
         return (
             type(self).__name__,
+            self.stop_step,
             repr(sorted(self.get_config().items())),
             tuple(repr(s) for s in self.schedules or ()),
             repr(self.ratio_schedule),
