@@ -62,8 +62,8 @@ def budget_split(epochs: int, cycle_rate: float, cycle_epochs: int):
     a plain run) when that is below one cycle. (250, 0.1, 8) -> (226, 24, 3).
 
     Raises:
-      ValueError: a non-positive `epochs` or `cycle_epochs`, a `cycle_rate` outside (0, 1), or
-        cycles that would leave no epoch for the first phase.
+      ValueError: a non-positive `epochs` or `cycle_epochs`, or a `cycle_rate` outside (0, 1)
+        (below 1, the cycles always leave the first phase an epoch).
     """
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -73,9 +73,6 @@ def budget_split(epochs: int, cycle_rate: float, cycle_epochs: int):
         raise ValueError(f"cycle_rate must be in (0, 1), got {cycle_rate!r}")
     cycles = math.floor(epochs * cycle_rate / cycle_epochs + 1e-9)
     cyclic = cycles * cycle_epochs
-    if cyclic >= epochs:
-        raise ValueError(f"{cycles} cycles of {cycle_epochs} epochs leave no epoch of {epochs} "
-                         "for the first phase; lower cycle_rate")
     return epochs - cyclic, cyclic, cycles
 
 
