@@ -20,6 +20,7 @@ from keras_ast import checkpoint, suptickets, tf_engine
 from keras_ast.data import load_digits_arrays
 from keras_ast.data.stream import in_memory_source
 from keras_ast.export import subnet_model
+from test_resume import _Kill, _KillAt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,20 +228,6 @@ def _digits_fit(tmp_path, callbacks_before=(), epochs=6, cycle_rate=0.34, kill_a
                                          verbose=0)
     checkpoint.resume_fit(model, source, epochs, backup, callbacks=callbacks, verbose=0)
     return model, sup, schedule, prune.updater
-
-
-class _Kill(Exception):
-    pass
-
-
-class _KillAt(keras.callbacks.Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.iteration.numpy()) >= self.step:
-            raise _Kill()
 
 
 class _MaskLog(keras.callbacks.Callback):
