@@ -22,16 +22,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ast import layers as ast_layers
+from keras_ast.layers import pack_masks
 from keras_ast.atomic import atomic_output
 from keras_ast.export import subnet_model
 
 _BIT_VALUES = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' order (big-endian bits)
-
-
-def pack_masks(masks):
-    """[K, *shape] 0/1 masks -> uint8 [K, ceil(size / 8)] (np.packbits per sub-net)."""
-    masks = np.asarray(masks)
-    return np.packbits(masks.reshape(masks.shape[0], -1) > 0.5, axis=1)
 
 
 def unpack_mask(packed, shape, dtype=tf.float32):

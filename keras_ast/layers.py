@@ -21,6 +21,7 @@ import contextlib
 import threading
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_ast import compat
@@ -164,12 +165,13 @@ class MaskedKernelMixin(SubnetLayerMixin):
         return variables
 
     # Keras' Conv/Dense save the *property* `kernel` (here the masked one) and load only
-    # kernel and bias; save the shared kernel, the bias and the masks instead.
+    # kernel and bias; save the shared kernel, the bias and the masks instead, the masks as
+    # bits (`pack_masks`: a .keras file or checkpoint holds K masks in K/32 of a kernel).
     def save_own_variables(self, store):
         if not self.built:
             return
         for i, variable in enumerate(self._own_variables()):
-            store[str(i)] = variable
+            store[str(i)] = pack_masks(variable) if variable is self.masks else variable
 
     def load_own_variables(self, store):
         if not self.built:
@@ -181,7 +183,30 @@ class MaskedKernelMixin(SubnetLayerMixin):
                 f"(kernel, bias, masks), found {len(store.keys())}."
             )
         for i, variable in enumerate(variables):
-            variable.assign(store[str(i)])
+            value = np.asarray(store[str(i)])
+            if variable is self.masks and value.dtype == np.uint8:  # bits (older files: 0/1)
+                value = unpack_masks(value, tuple(variable.shape), variable.dtype)
+            variable.assign(value)
+
+
+def pack_masks(masks):
+    """[K, *shape] 0/1 masks -> uint8 [K, ceil(size / 8)], each sub-net's mask as bits
+    (`np.packbits` order). Raises ValueError if a value is not 0 or 1."""
+    masks = np.asarray(keras.ops.convert_to_numpy(masks))
+    flat = masks.reshape(masks.shape[0], -1)
+    if not np.isin(flat, (0, 1)).all():
+        raise ValueError("masks must hold only 0 and 1 to be stored as bits")
+    return np.packbits(flat > 0.5, axis=1)
+
+
+def unpack_masks(packed, shape, dtype="float32"):
+    """The inverse of `pack_masks`: uint8 [K, bytes] -> 0/1 masks of `shape` ([K, *kernel])."""
+    packed = np.asarray(packed, np.uint8)
+    size = int(np.prod(shape[1:]))
+    if packed.ndim != 2 or packed.shape != (shape[0], -(-size // 8)):
+        raise ValueError(f"packed masks of shape {packed.shape} do not fit masks {shape}")
+    return np.unpackbits(packed, axis=1, count=size).reshape(shape).astype(
+        keras.backend.standardize_dtype(dtype))
 
 
 @keras.saving.register_keras_serializable(package="keras_ast")

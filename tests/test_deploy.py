@@ -67,3 +67,51 @@ def test_multi_export_stores_the_weights_once(trained):
     assert bits == sum(3 * -(-int(np.prod(layer.shared_kernel.shape)) // 8)
                        for layer in model.sparse_layers)
     assert stored < 3 * kernels  # the kernels once (plus 3 BN rows), not three times
+
+
+def test_keras_file_stores_masks_as_bits_and_loads_them_back(trained):
+    import keras
+
+    model, data, root = trained
+    path = str(root / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for a, b in zip(model.sparse_layers, loaded.sparse_layers):
+        np.testing.assert_array_equal(np.asarray(a.masks), np.asarray(b.masks))
+        np.testing.assert_array_equal(np.asarray(a.shared_kernel), np.asarray(b.shared_kernel))
+    x = data.x_test[:20]
+    for k in range(3):
+        np.testing.assert_array_equal(_predict(model, x, k), _predict(loaded, x, k))
+    # the file holds each sparse layer's masks as bits: uint8 [3, ceil(size / 8)].
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(path) as z:
+        h5 = h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
+        found = []
+        h5.visititems(lambda name, obj: found.append(obj.shape) if isinstance(
+            obj, h5py.Dataset) and obj.dtype == np.uint8 else None)
+    assert sorted(found) == sorted((3, -(-int(np.prod(layer.shared_kernel.shape)) // 8))
+                                   for layer in model.sparse_layers)
+
+
+def test_masks_saved_as_floats_by_older_versions_still_load(trained):
+    model, _, _ = trained
+    layer = model.sparse_layers[0]
+    masks = np.asarray(layer.masks).copy()
+    store = {str(i): np.asarray(v) for i, v in enumerate(layer._own_variables())}
+    assert store[str(len(store) - 1)].dtype == np.float32  # the old format: 0/1 floats
+    layer.masks.assign(np.zeros_like(masks))
+    layer.load_own_variables(store)
+    np.testing.assert_array_equal(np.asarray(layer.masks), masks)
+
+
+def test_pack_masks_refuses_values_other_than_0_and_1():
+    from keras_ast.layers import pack_masks, unpack_masks
+
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        pack_masks(np.full((2, 3), 0.5, np.float32))
+    with pytest.raises(ValueError, match="do not fit"):
+        unpack_masks(np.zeros((2, 1), np.uint8), (3, 3))
