@@ -141,5 +141,41 @@ def size_report(model, directory: str) -> dict:
             "ratio": multi / sum(sizes)}
 
 
+def _kb(value):
+    return "-" if value is None else f"{value / 1024:,.1f}"
+
+
+def markdown(table):
+    """A deployment table (`python -m launch.export`'s deployment.json) as Markdown."""
+    lines = ["| sub-net | sparsity | accuracy | SavedModel KiB | LiteRT KiB | latency ms | "
+             "speed-up | XNNPACK sparse |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    dense = table.get("dense")
+    if dense:
+        lines.append(f"| dense reference | 0 % | - | - | {_kb(dense['tflite_bytes'])} | "
+                     f"{dense['latency_ms']:.3f} | 1.00 | - |")
+    for r in table["subnets"]:
+        acc = "-" if r.get("accuracy") is None else f"{100 * r['accuracy']:.2f} %"
+        lat = "-" if "latency_ms" not in r else f"{r['latency_ms']:.3f}"
+        speed = "-" if "speedup" not in r else f"{r['speedup']:.2f}"
+        qualifies = "yes" if r["xnnpack_sparse"]["qualifies"] else "no"
+        lines.append(f"| {r['subnet']} | {100 * r['measured_sparsity']:.2f} % | {acc} | "
+                     f"{_kb(r['saved_model_bytes'])} | {_kb(r.get('tflite_bytes'))} | {lat} | "
+                     f"{speed} | {qualifies} |")
+    multi = table.get("multi")
+    if multi:
+        lines.append(f"\nOne SavedModel for all sub-nets: {_kb(multi['bytes'])} KiB against "
+                     f"{_kb(multi['subnets_bytes'])} KiB for the separate ones "
+                     f"({multi['ratio']:.3f}).")
+    if dense:
+        lat = table["latency"]
+        lines.append(f"\nLatency: median of {lat['runs']} rotated rounds, {lat['threads']} "
+                     f"thread, batch 1, XNNPACK. {table['cpu']}")
+    reasons = {tuple(r["xnnpack_sparse"]["reasons"]) for r in table["subnets"]
+               if not r["xnnpack_sparse"]["qualifies"]}
+    for reason in sorted(reasons):
+        lines.append(f"\nNot XNNPACK-sparse: {'; '.join(reason)}.")
+    return "\n".join(lines)
+
+
 __all__ = ["MultiSubnet", "export_multi", "pack_masks", "unpack_mask", "size_report",
-           "directory_bytes"]
+           "directory_bytes", "markdown"]

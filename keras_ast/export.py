@@ -52,6 +52,15 @@ def subnet_model(model, subnet: int) -> keras.Model:
     return keras.Model(network.input, network.output, name=f"{model.network.name}_subnet{subnet}")
 
 
+def dense_model(model) -> keras.Model:
+    """The plain network with the shared kernels unmasked (and sub-net 0's BatchNorm copy):
+    the dense reference a deployment's size and latency are compared with."""
+    plain = subnet_model(model, 0)
+    for layer in model.sparse_layers:
+        plain.get_layer(layer.name).kernel.assign(np.asarray(layer.shared_kernel))
+    return plain
+
+
 def export_subnet(model, subnet: int, path: str) -> str:
     """Writes sub-net `subnet` as a SavedModel at `path` and returns the path.
 

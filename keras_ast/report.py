@@ -30,6 +30,8 @@ from keras_ast import monitor
 from keras_ast.monitor import gc_fractions
 
 PLOTS = ("accuracy", "layer_sparsity", "mask_xor", "gc_inner_products", "training_flops")
+# The deployment table `python -m launch.export` writes into a run directory by default.
+DEPLOYMENT = os.path.join("deploy", "deployment.json")
 
 
 @dataclasses.dataclass
@@ -471,6 +473,13 @@ def write_report(run_dir, output_dir=None, metric="accuracy"):
     with open(paths["report.json"], "w") as f:
         json.dump(numbers, f, indent=2)
     paths["report.md"] = os.path.join(output_dir, "report.md")
+    text = _markdown(run, numbers, metric)
+    deployment = os.path.join(str(run_dir), DEPLOYMENT)
+    if os.path.isfile(deployment):
+        from keras_ast import deploy
+
+        with open(deployment) as f:
+            text += "\n## Deployment\n\n" + deploy.markdown(json.load(f)) + "\n"
     with open(paths["report.md"], "w") as f:
-        f.write(_markdown(run, numbers, metric))
+        f.write(text)
     return paths

@@ -58,6 +58,13 @@ def _resolve_prunable(model, prunable, dense_layers) -> set[str]:
     all_names = {layer.name for layer in model.layers}
     if prunable is None:
         names = default_prunable(model, dense_layers)
+    elif isinstance(prunable, str):
+        if prunable != "xnnpack":
+            raise ValueError(f"prunable={prunable!r}: give layer names, a predicate, or "
+                             "'xnnpack' (the 1x1 convolutions, keras_ast.xnnpack)")
+        from keras_ast import xnnpack
+
+        names = xnnpack.prunable_layers(model)
     elif callable(prunable):
         names = {layer.name for layer in model.layers if prunable(layer)}
     else:
@@ -112,7 +119,7 @@ def _warn_dense_kernels(model, prunable_names, by_default, dense_layers):
 def sparsify(
     model: keras.Model,
     num_subnets: int,
-    prunable: Iterable[str] | Callable[[keras.layers.Layer], bool] | None = None,
+    prunable: Iterable[str] | Callable[[keras.layers.Layer], bool] | str | None = None,
     dense_layers: Iterable[str] = (),
     switchable_bn: Iterable[str] | None = None,
 ) -> keras.Model:
@@ -121,8 +128,10 @@ def sparsify(
     Args:
       model: a built functional or Sequential Keras model (not modified).
       num_subnets: K >= 1.
-      prunable: names of the layers to prune, or a predicate on layers; default: every Conv2D,
-        DepthwiseConv2D and Dense except the stem (first convolution) and `dense_layers`.
+      prunable: names of the layers to prune, or a predicate on layers, or "xnnpack" (the 1x1
+        convolutions, which XNNPACK can run sparse: `keras_ast.xnnpack`); default: every
+        Conv2D, DepthwiseConv2D and Dense except the stem (first convolution) and
+        `dense_layers`.
       dense_layers: names of layers that stay dense (e.g. the ImageNet classifier).
       switchable_bn: names of the BatchNormalization layers that get K private copies; default:
         those whose input comes directly from a prunable layer.

@@ -118,8 +118,10 @@ def _monitor_callbacks(flags, test, run_dir, chief=True):
 
 
 def build_plain_model(flags, info):
-    """The --model for the data set `info` describes (--width_multiplier for resnet20)."""
-    kwargs = {"width_multiplier": flags.width_multiplier} if flags.model == "resnet20" else {}
+    """The --model for the data set `info` describes (--width_multiplier for resnet20 and
+    mobilenet)."""
+    kwargs = ({"width_multiplier": flags.width_multiplier}
+              if flags.model in ("resnet20", "mobilenet") else {})
     return models.get_model(flags.model, num_classes=info.num_classes,
                             input_shape=info.image_shape, **kwargs)
 
@@ -187,6 +189,7 @@ def train_ast(flags, sparsities, source, info, loss, strategy, backup_dir,
         plain = build_plain_model(flags, info)
         model = plain if training == "dense" else keras_ast.ASTModel.from_model(
             plain, sparsities, dense_layers=models.dense_layers(flags.model),
+            prunable="xnnpack" if getattr(flags, "prunable", "default") == "xnnpack" else None,
             gc="off" if training == "joint" else flags.gc, gc_reference=flags.gc_reference,
             training=training, nm=patterns, agent=agent,
             **fidelity.preset(getattr(flags, "preset", "default")).model,
@@ -330,12 +333,13 @@ def run(flags, sparsities):
         "gc": flags.gc if flags.mode in ("ast", "individual") else "off",
         "updater": None if flags.mode == "dense" else updater_name(flags),
         "preset": getattr(flags, "preset", "default"),
+        "prunable": getattr(flags, "prunable", "default"),
         "epochs": flags.epochs,
         "steps_per_epoch": steps_per_epoch,
         "distribution": flags.distribution,
         "replicas": strategy.num_replicas_in_sync,
         "model_options": ({"width_multiplier": flags.width_multiplier}
-                          if flags.model == "resnet20" else {}),
+                          if flags.model in ("resnet20", "mobilenet") else {}),
         "num_train": info.num_train,
         "num_test": info.num_test,
         "batch_size": flags.batch_size,

@@ -23,7 +23,9 @@ from launch import cli  # noqa: E402
 FLAGS = flags.FLAGS
 
 DATASETS = ("digits", "image_folder", "fashion_mnist", "cifar10", "cifar100", "imagenet")
-MODELS = ("small_cnn", "wrn32", "resnet18", "resnet20", "resnet50")
+MODELS = ("small_cnn", "wrn32", "resnet18", "resnet20", "resnet50", "mobilenet")
+PRUNABLE = ("default", "xnnpack")
+WIDTH_MODELS = ("resnet20", "mobilenet")
 MODES = ("ast", "individual", "joint", "dense")
 AUGMENT = ("auto", "on", "off")
 GC_MODES = ("off", "layerwise", "global")
@@ -47,8 +49,11 @@ flags.DEFINE_integer("train_subset", None, "image_folder / fashion_mnist: train 
                      "class-balanced subset of this many training images (the same images "
                      "for every --seed); default: all.")
 flags.DEFINE_string("model", "small_cnn", f"Model: one of {', '.join(MODELS)}.")
-flags.DEFINE_float("width_multiplier", 1.0, "resnet20 only: channel width multiplier "
-                   "(widths 16/32/64 times it).")
+flags.DEFINE_float("width_multiplier", 1.0, "resnet20 and mobilenet: channel width "
+                   "multiplier (resnet20: widths 16/32/64 times it; mobilenet: 32-512).")
+flags.DEFINE_string("prunable", "default", "Layers to prune: default (every Conv2D, "
+                    "DepthwiseConv2D and Dense but the stem) or xnnpack (the 1x1 convolutions, "
+                    "which XNNPACK can run sparse: docs/deploy.md).")
 flags.DEFINE_list("sparsities", ["0.5", "0.75", "0.9"],
                   "Target sparsity of each sub-net, strictly increasing, each in [0, 1).")
 flags.DEFINE_float("initial_sparsity", 0.0, "s_i: sparsity of the random initial masks.")
@@ -320,7 +325,7 @@ def check_sup_tickets_flags():
 
 
 def check_data_flags():
-    """Validates --image_size, --augment, --train_subset and --width_multiplier."""
+    """Validates --image_size, --augment, --train_subset, --width_multiplier and --prunable."""
     if FLAGS.augment not in AUGMENT:
         raise FlagError(f"unknown --augment={FLAGS.augment!r}; use one of {', '.join(AUGMENT)}")
     own = ("image_folder", "fashion_mnist")
@@ -342,8 +347,12 @@ def check_data_flags():
                             "integers H,W")
     if FLAGS.train_subset is not None and FLAGS.train_subset < 1:
         raise FlagError(f"--train_subset must be >= 1, got {FLAGS.train_subset}")
-    if FLAGS["width_multiplier"].present and FLAGS.model != "resnet20":
-        raise FlagError(f"--width_multiplier applies to --model=resnet20, not {FLAGS.model}")
+    if FLAGS["width_multiplier"].present and FLAGS.model not in WIDTH_MODELS:
+        raise FlagError(f"--width_multiplier applies to --model=resnet20 or mobilenet, not "
+                        f"{FLAGS.model}")
+    if FLAGS.prunable not in PRUNABLE:
+        raise FlagError(f"unknown --prunable={FLAGS.prunable!r}; use one of "
+                        f"{', '.join(PRUNABLE)}")
     if FLAGS.width_multiplier <= 0:
         raise FlagError(f"--width_multiplier must be > 0, got {FLAGS.width_multiplier}")
 
