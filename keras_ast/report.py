@@ -475,11 +475,16 @@ def write_report(run_dir, output_dir=None, metric="accuracy"):
     paths["report.md"] = os.path.join(output_dir, "report.md")
     text = _markdown(run, numbers, metric)
     deployment = os.path.join(str(run_dir), DEPLOYMENT)
+    text += "\n## Deployment\n\n"
     if os.path.isfile(deployment):
         from keras_ast import deploy
 
         with open(deployment) as f:
-            text += "\n## Deployment\n\n" + deploy.markdown(json.load(f)) + "\n"
+            text += deploy.markdown(json.load(f)) + "\n"
+    else:
+        text += (f"No deployment table yet: `python -m launch.export --run_dir={run_dir}` "
+                 "writes the sub-nets' SavedModels, one multi-sub-net SavedModel and sparse "
+                 "LiteRT files, and measures their size and latency.\n")
     with open(paths["report.md"], "w") as f:
         f.write(text)
     return paths
