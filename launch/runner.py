@@ -117,11 +117,16 @@ def _monitor_callbacks(flags, test, run_dir, chief=True):
     return callbacks
 
 
+def launcher_width_models():
+    """The models that take --width_multiplier."""
+    return ("resnet20", "mobilenet", "mobilenet_v2")
+
+
 def build_plain_model(flags, info):
-    """The --model for the data set `info` describes (--width_multiplier for resnet20 and
-    mobilenet)."""
+    """The --model for the data set `info` describes (--width_multiplier for resnet20 and the
+    MobileNets)."""
     kwargs = ({"width_multiplier": flags.width_multiplier}
-              if flags.model in ("resnet20", "mobilenet") else {})
+              if flags.model in launcher_width_models() else {})
     return models.get_model(flags.model, num_classes=info.num_classes,
                             input_shape=info.image_shape, **kwargs)
 
@@ -339,7 +344,7 @@ def run(flags, sparsities):
         "distribution": flags.distribution,
         "replicas": strategy.num_replicas_in_sync,
         "model_options": ({"width_multiplier": flags.width_multiplier}
-                          if flags.model in ("resnet20", "mobilenet") else {}),
+                          if flags.model in launcher_width_models() else {}),
         "num_train": info.num_train,
         "num_test": info.num_test,
         "batch_size": flags.batch_size,

@@ -23,9 +23,10 @@ from launch import cli  # noqa: E402
 FLAGS = flags.FLAGS
 
 DATASETS = ("digits", "image_folder", "fashion_mnist", "cifar10", "cifar100", "imagenet")
-MODELS = ("small_cnn", "wrn32", "resnet18", "resnet20", "resnet50", "mobilenet")
+MODELS = ("small_cnn", "wrn32", "resnet18", "resnet20", "resnet50", "mobilenet",
+          "mobilenet_v2")
 PRUNABLE = ("default", "xnnpack")
-WIDTH_MODELS = ("resnet20", "mobilenet")
+WIDTH_MODELS = ("resnet20", "mobilenet", "mobilenet_v2")
 MODES = ("ast", "individual", "joint", "dense")
 AUGMENT = ("auto", "on", "off")
 GC_MODES = ("off", "layerwise", "global")
@@ -49,8 +50,8 @@ flags.DEFINE_integer("train_subset", None, "image_folder / fashion_mnist: train 
                      "class-balanced subset of this many training images (the same images "
                      "for every --seed); default: all.")
 flags.DEFINE_string("model", "small_cnn", f"Model: one of {', '.join(MODELS)}.")
-flags.DEFINE_float("width_multiplier", 1.0, "resnet20 and mobilenet: channel width "
-                   "multiplier (resnet20: widths 16/32/64 times it; mobilenet: 32-512).")
+flags.DEFINE_float("width_multiplier", 1.0, "resnet20, mobilenet and mobilenet_v2: channel "
+                   "width multiplier (resnet20: widths 16/32/64 times it).")
 flags.DEFINE_string("prunable", "default", "Layers to prune: default (every Conv2D, "
                     "DepthwiseConv2D and Dense but the stem) or xnnpack (the 1x1 convolutions, "
                     "which XNNPACK can run sparse: docs/deploy.md).")
@@ -348,8 +349,8 @@ def check_data_flags():
     if FLAGS.train_subset is not None and FLAGS.train_subset < 1:
         raise FlagError(f"--train_subset must be >= 1, got {FLAGS.train_subset}")
     if FLAGS["width_multiplier"].present and FLAGS.model not in WIDTH_MODELS:
-        raise FlagError(f"--width_multiplier applies to --model=resnet20 or mobilenet, not "
-                        f"{FLAGS.model}")
+        raise FlagError(f"--width_multiplier applies to --model=resnet20, mobilenet or "
+                        f"mobilenet_v2, not {FLAGS.model}")
     if FLAGS.prunable not in PRUNABLE:
         raise FlagError(f"unknown --prunable={FLAGS.prunable!r}; use one of "
                         f"{', '.join(PRUNABLE)}")

@@ -78,7 +78,7 @@ def test_saved_models_predict_like_the_in_memory_subnets(default_run):
     (["--train_subset=100"], "--train_subset applies to --dataset=image_folder"),
     (["--dataset=fashion_mnist", "--data_dir=.", "--image_size=8,8"],
      "--image_size applies to --dataset=image_folder only"),
-    (["--width_multiplier=0.5"], "--width_multiplier applies to --model=resnet20 or mobilenet"),
+    (["--width_multiplier=0.5"], "--width_multiplier applies to --model=resnet20, mobilenet"),
     (["--prunable=1x1"], "unknown --prunable='1x1'"),
     (["--model=resnet20", "--width_multiplier=0"], "--width_multiplier must be > 0"),
     (["--mode=dense", "--gc=global"], "--mode=dense has no alternation"),
