@@ -122,6 +122,21 @@ def export_multi(model, path: str) -> str:
     return path
 
 
+def save_keras(model, path: str) -> str:
+    """Saves `model` (an ASTModel) as a ``.keras`` file for deployment: without optimizer state
+    (a second copy of the weights), its masks stored as bits (as every keras_ast save does).
+    It still holds the gradient-correction reference buffers (one kernel-sized buffer per
+    sparse layer), so it is larger than `export_multi`'s SavedModel; it needs keras_ast to
+    load (``model.set_subnet(k)`` then picks the sub-net). `model` itself is not modified.
+    Returns the path."""
+    copy = model.__class__.from_config(model.get_config())  # built, not compiled
+    copy.set_weights(model.get_weights())
+    with atomic_output(path) as tmp:
+        copy.save(tmp + ".keras")  # Keras wants the suffix
+        os.replace(tmp + ".keras", tmp)
+    return path
+
+
 def directory_bytes(path: str) -> int:
     """Bytes of all files below `path` (the size of a SavedModel on disk)."""
     return sum(os.path.getsize(os.path.join(root, name))
@@ -165,7 +180,7 @@ def markdown(table):
     if multi:
         lines.append(f"\nOne SavedModel for all sub-nets: {_kb(multi['bytes'])} KiB against "
                      f"{_kb(multi['subnets_bytes'])} KiB for the separate ones "
-                     f"({multi['ratio']:.3f}).")
+                     f"({multi['ratio']:.3f}); as a .keras file: {_kb(multi['keras_bytes'])} KiB.")
     if dense:
         lat = table["latency"]
         lines.append(f"\nLatency: median of {lat['runs']} rotated rounds, {lat['threads']} "
@@ -178,4 +193,4 @@ def markdown(table):
 
 
 __all__ = ["MultiSubnet", "export_multi", "pack_masks", "unpack_mask", "size_report",
-           "directory_bytes", "markdown"]
+           "directory_bytes", "markdown", "save_keras"]

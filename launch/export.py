@@ -8,7 +8,8 @@ and writes into ``--output_dir`` (default ``<run_dir>/deploy``):
 
 - ``saved_model``: ``saved_model/subnet_<k>/``, one SavedModel per sub-net (masks folded in);
 - ``multi``: ``multi/``, one SavedModel for all sub-nets (shared weights once, packed masks;
-  ``serve_<k>`` and ``serve(x, subnet)``), checked against the per-sub-net SavedModels;
+  ``serve_<k>`` and ``serve(x, subnet)``), checked against the per-sub-net SavedModels, and
+  ``multi.keras`` (the model without optimizer state, `keras_ast.deploy.save_keras`);
 - ``litert``: ``litert/subnet_<k>.tflite`` with sparse weight encoding and
   ``litert/dense.tflite`` (the network with its shared kernels unmasked: the reference), each
   checked against its SavedModel with the LiteRT interpreter, then timed side by side
@@ -116,8 +117,11 @@ def measure(run_dir, output_dir=None, formats=FORMATS, latency_runs=200, warmup=
                     getattr(loaded, f"serve_{k}")(x).numpy() - single.serve(x).numpy()))))
             total = sum(r["saved_model_bytes"] for r in rows)
             size = deploy.directory_bytes(path)
+            keras_path = deploy.save_keras(first, os.path.join(output_dir, "multi.keras"))
             table["multi"] = {"path": path, "bytes": size, "subnets_bytes": total,
-                              "ratio": size / total, "max_abs_diff": diff}
+                              "ratio": size / total, "max_abs_diff": diff,
+                              "keras_path": keras_path,
+                              "keras_bytes": os.path.getsize(keras_path)}
             log(f"multi: {size:,} bytes for all {len(models)} sub-nets against {total:,} for "
                 f"the separate SavedModels ({size / total:.3f}); max |difference| {diff:g}")
     if "litert" in formats:

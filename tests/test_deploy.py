@@ -115,3 +115,42 @@ def test_pack_masks_refuses_values_other_than_0_and_1():
         pack_masks(np.full((2, 3), 0.5, np.float32))
     with pytest.raises(ValueError, match="do not fit"):
         unpack_masks(np.zeros((2, 1), np.uint8), (3, 3))
+
+
+def test_multi_export_loads_and_runs_without_keras_ast(trained):
+    import subprocess
+    import sys
+
+    model, data, root = trained
+    path = str(root / "multi_plain")
+    deploy.export_multi(model, path)
+    np.save(root / "x.npy", data.x_test[:8])
+    singles = [tf.saved_model.load(export_subnet(model, k, str(root / f"plain_{k}")))
+               for k in range(3)]  # kept alive while their functions run
+    expected = [single.serve(data.x_test[:8]).numpy() for single in singles]
+    code = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        f"m = tf.saved_model.load({path!r})\n"
+        f"x = np.load({str(root / 'x.npy')!r})\n"
+        "out = [m.serve(x, tf.constant(k)).numpy() for k in range(3)]\n"
+        "assert not any(n.startswith('keras_ast') for n in sys.modules), 'keras_ast imported'\n"
+        f"np.save({str(root / 'out.npy')!r}, np.stack(out))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, cwd=str(root))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = np.load(root / "out.npy")
+    for k in range(3):
+        np.testing.assert_allclose(out[k], expected[k], atol=1e-6)
+
+
+def test_save_keras_drops_the_optimizer_and_predicts_the_same(trained):
+    import keras
+
+    model, data, root = trained
+    path = deploy.save_keras(model, str(root / "deploy.keras"))
+    model.save(root / "full.keras")
+    assert (root / "deploy.keras").stat().st_size < (root / "full.keras").stat().st_size
+    loaded = keras.models.load_model(path)
+    x = data.x_test[:10]
+    for k in range(3):
+        np.testing.assert_array_equal(_predict(model, x, k), _predict(loaded, x, k))

@@ -91,6 +91,9 @@ def test_xnnpack_preset_prunes_the_1x1_convs_and_the_check_explains():
     bad = xnnpack.check(export.subnet_model(model, 0))
     assert not bad.qualifies and "needs more than 66.7%" in bad.reasons[0]
     assert "does not qualify" in str(bad)
+    resnet = xnnpack.check(keras_ast.models.resnet20(width_multiplier=0.25))
+    assert not resnet.qualifies
+    assert any("only 1x1 convolutions" in r for r in resnet.reasons)
     small = xnnpack.check(tiny_cnn())
     assert any("first convolution stem_conv" in r for r in small.reasons)
     assert any("conv1 (Conv2D): only 1x1" in r for r in small.reasons)
@@ -110,7 +113,8 @@ def test_launch_export_writes_every_artefact_and_the_table(run_dir):
     assert rows[1]["tflite_bytes"] < rows[0]["tflite_bytes"] < table["dense"]["tflite_bytes"]
     assert all(r["tflite_max_abs_diff"] < 1e-4 and r["speedup"] > 0 for r in rows)
     assert table["multi"]["max_abs_diff"] == 0.0 and table["multi"]["ratio"] < 0.8
-    for path in ("saved_model/subnet_0", "saved_model/subnet_1", "multi",
+    assert table["multi"]["keras_bytes"] > 0
+    for path in ("saved_model/subnet_0", "saved_model/subnet_1", "multi", "multi.keras",
                  "litert/subnet_1.tflite", "litert/dense.tflite", "deployment.md"):
         assert os.path.exists(root / "deploy" / path), path
     summary = json.loads((root / "summary.json").read_text())
