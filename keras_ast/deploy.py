@@ -12,6 +12,9 @@ the plain network, so it predicts exactly as sub-net k's own export (tested bit 
     loaded = tf.saved_model.load("export/multi")
     loaded.serve_2(x)                       # sub-net 2
     loaded.serve(x, tf.constant(2))         # the same, chosen at run time
+
+`save_keras` writes the ASTModel itself without optimizer state (masks as bits, as every
+keras_ast save); `markdown` formats `python -m launch.export`'s deployment table.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ast import layers as ast_layers
-from keras_ast.layers import pack_masks
 from keras_ast.atomic import atomic_output
 from keras_ast.export import subnet_model
+from keras_ast.layers import pack_masks
 
 _BIT_VALUES = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' order (big-endian bits)
 
