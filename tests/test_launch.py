@@ -155,6 +155,7 @@ BAD_FLAGS = [
      "--train_subset must be >= 1"),
     (["--model=vgg"], "unknown --model='vgg'"),
     (["--model=resnet20", "--width_multiplier=0"], "--width_multiplier must be > 0"),
+    (["--prunable=all"], "unknown --prunable='all'"),
     (["--sparsities=0.5,1.5"], "every sparsity must be in [0, 1)"),
     (["--initial_sparsity=0.6"], "--initial_sparsity must be in [0, the smallest --sparsities "
                                  "value 0.5]"),
