@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 
 from keras_ast import compat, models  # noqa: E402
 
-NAMES = ("small_cnn", "wrn32", "resnet18", "resnet20", "resnet50")
+NAMES = ("small_cnn", "wrn32", "resnet18", "resnet20", "resnet50", "mobilenet", "mobilenet_v2")
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,12 +52,15 @@ def test_registry():
     assert models.MODELS["resnet50"] is models.resnet50
     assert models.MODELS["resnet20"] is models.resnet20
     assert models.MODELS["small_cnn"] is models.small_cnn
+    assert models.MODELS["mobilenet"] is models.mobilenet
+    assert models.MODELS["mobilenet_v2"] is models.mobilenet_v2
 
 
 @pytest.mark.parametrize("name,shape,classes", [
     ("small_cnn", (8, 8, 1), 10), ("wrn32", (32, 32, 3), 10),
     ("resnet18", (32, 32, 3), 10), ("resnet20", (32, 32, 3), 10),
-    ("resnet50", (224, 224, 3), 1000),
+    ("resnet50", (224, 224, 3), 1000), ("mobilenet", (32, 32, 3), 10),
+    ("mobilenet_v2", (32, 32, 3), 10),
 ])
 def test_default_shapes(name, shape, classes):
     model = _default(name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from keras_ast.models.init import BN_EPSILON, BN_MOMENTUM, classifier, conv_bn
+from keras_ast.models.init import (BN_EPSILON, BN_MOMENTUM, classifier, conv_bn,
+                                   conv_initializer)
 
 DENSE_LAYERS = ()
 
@@ -20,7 +21,7 @@ def _depthwise(x, strides, name, relu=keras.layers.ReLU):
         x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
         padding = "valid"
     x = keras.layers.DepthwiseConv2D(3, strides=strides, padding=padding, use_bias=False,
-                                     name=name)(x)
+                                     depthwise_initializer=conv_initializer(), name=name)(x)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                                         name=f"{name}_bn")(x)
     return relu(name=f"{name}_relu")(x)
