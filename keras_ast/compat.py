@@ -85,6 +85,11 @@ def producer(tensor):
     return history[0] if history else None
 
 
+def parent_layers(layer):
+    """The layers (operations) whose outputs feed `layer` in a functional model."""
+    return [p.operation for node in layer._inbound_nodes for p in node.parent_nodes]
+
+
 def raw_kernel(layer):
     """A layer's kernel variable itself (Dense's and Conv's ``kernel`` property adds the LoRA
     term when LoRA is enabled)."""

@@ -29,6 +29,8 @@ import platform
 import keras
 import numpy as np
 
+from keras_ast import compat
+
 _ACTIVATIONS = {"relu", "relu6", "leaky_relu", "elu", "sigmoid"}
 _FREE = (keras.layers.Add, keras.layers.Multiply, keras.layers.ZeroPadding2D,
          keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.LeakyReLU,
@@ -62,10 +64,6 @@ class Report:
         head = ("qualifies for XNNPACK sparse inference" if self.qualifies else
                 "does not qualify for XNNPACK sparse inference: " + "; ".join(self.reasons))
         return f"{head} (1x1 kernels {100 * self.sparsity_1x1:.1f}% zeros). {self.cpu_note}"
-
-
-def _parents(layer):
-    return [p.operation for node in layer._inbound_nodes for p in node.parent_nodes]
 
 
 def _layer_problem(layer, parents):
@@ -126,12 +124,12 @@ def cpu_uses_sparse_inference():
 def check(model) -> Report:
     """Whether a plain Keras network (e.g. `keras_ast.export.subnet_model(model, k)`) qualifies
     for XNNPACK sparse inference once converted with sparse encoding (module docstring)."""
-    if not isinstance(model, keras.Model) or not hasattr(model, "_inbound_nodes"):
+    if not isinstance(model, keras.Model) or not model.layers:
         raise TypeError(f"expected a functional keras.Model, got {type(model).__name__}")
     reasons = []
     downstream, stems, pools = set(), 0, 0
     for layer in model.layers:
-        parents = _parents(layer)
+        parents = compat.parent_layers(layer)
         if any(id(p) in downstream for p in parents):
             downstream.add(id(layer))  # after a global pooling: unconstrained
             continue

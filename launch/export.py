@@ -162,12 +162,17 @@ def measure(run_dir, output_dir=None, formats=FORMATS, latency_runs=200, warmup=
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run_dir", None, "Run directory (a launch.train --output_dir).")
-flags.DEFINE_list("format", list(FORMATS), f"Artefacts: some of {', '.join(FORMATS)}.")
-flags.DEFINE_string("output_dir", None, "Where they go (default: <run_dir>/deploy).")
-flags.DEFINE_integer("latency_runs", 200, "Timed rounds of the LiteRT latency measurement.")
-flags.DEFINE_integer("latency_warmup", 20, "Untimed invocations per model before timing.")
-flags.DEFINE_integer("threads", 1, "LiteRT interpreter threads.")
+
+
+def define_flags():
+    """The command's flags (defined when it runs, so that tests can import `measure` in a
+    process that also holds launch.train's flags)."""
+    flags.DEFINE_string("run_dir", None, "Run directory (a launch.train --output_dir).")
+    flags.DEFINE_list("format", list(FORMATS), f"Artefacts: some of {', '.join(FORMATS)}.")
+    flags.DEFINE_string("output_dir", None, "Where they go (default: <run_dir>/deploy).")
+    flags.DEFINE_integer("latency_runs", 200, "Timed rounds of the LiteRT latency measurement.")
+    flags.DEFINE_integer("latency_warmup", 20, "Untimed invocations per model before timing.")
+    flags.DEFINE_integer("threads", 1, "LiteRT interpreter threads.")
 
 
 def main(argv):
@@ -200,4 +205,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=cli.parse_flags)
