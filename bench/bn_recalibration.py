@@ -21,12 +21,12 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import keras  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import keras_ast  # noqa: E402
 from keras_ast import atomic  # noqa: E402
 from keras_ast import data as data_lib  # noqa: E402
+from launch import export as export_launcher  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("bench_dir", "runs/quality", "A bench/quality.py output directory.")
@@ -39,15 +39,12 @@ flags.DEFINE_integer("batches", 50, "Training batches averaged per sub-net.")
 
 
 def _models(run_dir):
-    """[(sub-net index in the run's table, model, sub-net inside that model)]."""
-    whole = os.path.join(run_dir, "model.keras")
-    if os.path.isfile(whole):
-        model = keras.models.load_model(whole)
-        return [(k, model, k) for k in range(model.num_subnets)]
-    parts = sorted(glob.glob(os.path.join(run_dir, "model_subnet*.keras")),
-                   key=lambda p: int(p.rsplit("subnet", 1)[1].split(".")[0]))
-    return [(int(p.rsplit("subnet", 1)[1].split(".")[0]), keras.models.load_model(p), 0)
-            for p in parts]
+    """[(sub-net index in the run's table, model, sub-net inside that model)]; none for a run
+    that saved no model (launch.export.load_models)."""
+    try:
+        return export_launcher.load_models(run_dir)
+    except FileNotFoundError:
+        return []
 
 
 def main(argv):
